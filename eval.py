@@ -1,0 +1,134 @@
+"""Predict a split with a trained detector, write the challenge submission and score it.
+
+    python eval.py CONFIG CKPT [-epoch N] [-t K] [--saveonly] [--out FILE] [--device cpu|cuda]
+                   [--no-ema] [--overwrite] [--opt KEY=VALUE ...]
+
+CKPT is a checkpoint file or an experiment folder (``-epoch N`` picks ``epoch_NNN.pth.tar``, else
+the latest). The split is the config's ``dataset.val_split``. Outputs (next to the checkpoint
+unless --out): ``<split>_epoch_NNN_results.json`` (submission, SPEC s.6) and, unless
+--saveonly, ``<split>_epoch_NNN_metrics.json``. Existing files are never overwritten silently.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from libs.core.config import add_config_args, load_config
+from libs.core.engine import count_parameters, nms_settings_summary
+from libs.core.errors import UserError, run_cli
+from libs.core.validation import default_output_paths, predict_dataset, score_detections
+from libs.datasets import PerceptionDataset
+from libs.modeling import Detector
+from libs.utils.checkpoint import find_checkpoint, load_checkpoint
+from libs.utils.compat_ckpt import convert_original_checkpoint, is_original_checkpoint
+from libs.utils.ext_scores import apply_ext_scores, check_ext_coverage, load_ext_scores
+from libs.utils.logging_utils import setup_logging
+from libs.utils.seed import fix_random_seed
+from libs.utils.submission import detections_to_submission, write_json
+
+log = logging.getLogger("eval")
+
+
+def parse_args(argv: Optional[list]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="YAML config whose dataset.val_split is predicted")
+    p.add_argument("ckpt", help="checkpoint file or experiment folder")
+    p.add_argument("-epoch", "--epoch", type=int, default=None, help="epoch to load from a folder")
+    p.add_argument("-t", "--topk", type=int, default=None, help="override test_cfg.max_seg_num")
+    p.add_argument("--saveonly", action="store_true", help="write the submission only (no labels needed)")
+    p.add_argument("--out", default=None, help="submission file (default: next to the checkpoint)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when available, else cpu")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    add_config_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = parse_args(argv)
+    setup_logging(None)
+    opts = list(args.opt or [])
+    if args.topk is not None:
+        if args.topk < 1:
+            raise UserError(f"-t/--topk ({args.topk}): expected a positive number of detections")
+        opts.append(f"test_cfg.max_seg_num={args.topk}")
+    cfg = load_config(args.config, opts)
+    device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' (--device): no CUDA device is available; use --device cpu")
+    device = torch.device(device_name)
+    fix_random_seed(cfg["seed"])
+
+    # ---------------------------------------------------------------- checkpoint and outputs
+    ckpt_path = find_checkpoint(args.ckpt, args.epoch)
+    ckpt = load_checkpoint(ckpt_path)
+    epoch = int(ckpt.get("epoch", 0))
+    splits = cfg["dataset"]["val_split"]
+    results_path, metrics_path = default_output_paths(ckpt_path.parent, splits, epoch)
+    if args.out:
+        results_path = args.out
+        metrics_path = str(Path(args.out).with_suffix("")) + "_metrics.json"
+    targets = [results_path] + ([] if args.saveonly else [metrics_path])
+    existing = [p for p in targets if Path(p).exists()]
+    if existing and not args.overwrite:
+        raise UserError(f"result file exists ({existing[0]}): pass --overwrite to replace it or --out "
+                        f"to write elsewhere")
+
+    # ---------------------------------------------------------------- model and data
+    model = Detector.from_config(cfg)
+    if is_original_checkpoint(ckpt):
+        log.info("%s is an original-project checkpoint; converting it in memory", ckpt_path)
+        ckpt = convert_original_checkpoint(ckpt, model, cfg, where=str(ckpt_path))
+    key = "state_dict" if args.no_ema else "state_dict_ema"
+    if key not in ckpt:
+        raise UserError(f"checkpoint has no '{key}' ({ckpt_path}): expected a checkpoint written by "
+                        f"train.py or converted with tools/convert_checkpoint.py")
+    try:
+        model.load_state_dict(ckpt[key])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise UserError(f"checkpoint does not match the config's model ({ckpt_path}): "
+                        f"{' '.join(first[:3])[:400]}") from None
+    model.to(device)
+    log.info("loaded %s weights of %s (epoch %d), %s parameters", "raw" if args.no_ema else "EMA",
+             ckpt_path, epoch, f"{count_parameters(model):,}")
+    dataset = PerceptionDataset(cfg, splits, is_training=False)
+    ext_file = cfg["test_cfg"]["ext_score_file"]
+    ext = load_ext_scores(ext_file, cfg["dataset"]["num_classes"]) if ext_file else None
+    if ext is not None:  # checked before predicting: a bad file fails fast
+        check_ext_coverage(ext, [v.video_id for v in dataset.videos], source=ext_file)
+    log.info("%d videos of split %s; %s", len(dataset), "+".join(splits),
+             nms_settings_summary(cfg["test_cfg"]))
+
+    # ---------------------------------------------------------------- predict, write, score
+    detections = predict_dataset(model, dataset, cfg, device, model.max_div_factor,
+                                 show_progress=not args.no_progress)
+    if ext is not None:
+        detections = apply_ext_scores(detections, ext, cfg["test_cfg"]["ext_score_topk"],
+                                      cfg["test_cfg"]["ext_score_num_pred"])
+        log.info("combined detections with external class scores from %s", ext_file)
+    submission = detections_to_submission(detections, cfg["task"], [v.video_id for v in dataset.videos],
+                                          cfg["test_cfg"]["max_seg_num"])
+    write_json(submission, results_path, overwrite=args.overwrite)
+    log.info("submission: %s (%d videos, %d detections)", results_path, len(submission),
+             sum(len(v[cfg["task"]]) for v in submission.values()))
+    if args.saveonly:
+        return 0
+    metrics = score_detections(detections, dataset)
+    print(metrics.format_table())
+    report = metrics.to_dict(dataset.label_names)
+    report.update({"checkpoint": str(ckpt_path), "epoch": epoch, "split": splits,
+                   "weights": "raw" if args.no_ema else "ema", "task": cfg["task"]})
+    write_json(report, metrics_path, overwrite=args.overwrite)
+    log.info("metrics: %s", metrics_path)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,174 @@
+"""The training step/epoch and the inference loop, shared by train.py, eval.py and the tools.
+
+Everything here works on one process or under torch.distributed (DDP); devices, logging and
+checkpoints are the callers' business.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from libs.core.errors import UserError
+from libs.modeling.assign import assign_targets
+from libs.modeling.decode import decode_candidates
+from libs.modeling.losses import LossNormalizer, detection_losses
+from libs.utils.nms import batched_nms_videos
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN/inf loss; the message names epoch, iteration and videos."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DDP/DataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move the tensors of a collated batch (feats, masks, segments, labels) to ``device``."""
+    out = dict(batch)
+    out["feats"] = batch["feats"].to(device, non_blocking=True)
+    out["masks"] = batch["masks"].to(device, non_blocking=True)
+    out["segments"] = [s.to(device) for s in batch["segments"]]
+    out["labels"] = [lab.to(device) for lab in batch["labels"]]
+    return out
+
+
+def compute_losses(outputs: dict, batch: dict, normalizer: LossNormalizer, cfg: dict,
+                   num_classes: int) -> Dict[str, torch.Tensor]:
+    """Targets for every point of every level, then focal + DIoU losses (SPEC s.4)."""
+    tcfg = cfg["train_cfg"]
+    points = torch.cat(outputs["points"], dim=0)  # (P, 4)
+    cls_targets, reg_targets = assign_targets(
+        points, batch["segments"], batch["labels"], num_classes,
+        tcfg["center_sample"], tcfg["center_sample_radius"])
+    return detection_losses(
+        outputs["cls_logits"], outputs["offsets"], outputs["fpn_masks"], cls_targets, reg_targets,
+        normalizer, tcfg["loss_weight"], tcfg["label_smoothing"])
+
+
+@dataclass
+class TrainState:
+    """What the loop advances and checkpoints carry besides module/optimizer states."""
+    epoch: int = 0          # epochs completed
+    global_step: int = 0    # optimizer steps completed
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, ema,
+                    normalizer: LossNormalizer, cfg: dict, state: TrainState,
+                    device: torch.device, writer=None, show_progress: bool = True) -> Dict[str, float]:
+    """One pass over ``loader``; returns the epoch's mean losses.
+
+    Raises :class:`NonFiniteLossError` (before the optimizer step, so no weights are spoiled)
+    when a loss is NaN/inf.
+    """
+    model.train()
+    num_classes = unwrap(model).num_classes
+    clip = cfg["opt"]["clip_grad_l2norm"]
+    print_freq = cfg["train"]["print_freq"]
+    sums: Dict[str, float] = {}
+    count = 0
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", leave=False, disable=not show_progress,
+               dynamic_ncols=True)
+    for it, batch in enumerate(bar):
+        batch = to_device(batch, device)
+        optimizer.zero_grad(set_to_none=True)
+        outputs = model(batch["feats"], batch["masks"])
+        losses = compute_losses(outputs, batch, normalizer, cfg, num_classes)
+        final = losses["final_loss"]
+        if not torch.isfinite(final):
+            raise NonFiniteLossError(
+                f"non-finite loss {final.item()} (epoch {state.epoch + 1}, iteration {it + 1}, "
+                f"videos {', '.join(batch['video_ids'])}): training stopped; the last good checkpoint "
+                f"is kept")
+        final.backward()
+        if clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        state.global_step += 1
+
+        values = {k: float(v) for k, v in losses.items() if k.endswith("loss")}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count += 1
+        lr = optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{values['final_loss']:.4f}", lr=f"{lr:.2e}")
+        if writer is not None and state.global_step % print_freq == 0:
+            writer.add_scalar("train/learning_rate", lr, state.global_step)
+            for k, v in values.items():
+                writer.add_scalar(f"train/{k}", v, state.global_step)
+    bar.close()
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, test_cfg: dict, device: torch.device,
+            raw_hook: Optional[Callable[[str, dict, object], None]] = None,
+            show_progress: bool = True) -> List[dict]:
+    """Detections for every video of ``loader``: decode per level, NMS, grid cells -> seconds.
+
+    Returns one dict per video in loader order: ``video_id``, ``segments`` (N, 2) float32
+    seconds clipped to [0, duration], ``scores`` (N,), ``labels`` (N,) int64, descending score.
+    ``raw_hook(video_id, candidates, grid)`` receives the pre-NMS candidates (grid cells).
+    """
+    model.eval()
+    core = unwrap(model)
+    method = test_cfg["nms_method"]
+    nms_kwargs = dict(
+        iou_threshold=test_cfg["iou_threshold"], min_score=test_cfg["min_score"],
+        max_seg_num=test_cfg["max_seg_num"], use_soft_nms=method != "hard",
+        multiclass=test_cfg["multiclass_nms"], sigma=test_cfg["nms_sigma"],
+        voting_thresh=test_cfg["voting_thresh"],
+        soft_method="linear" if method == "linear" else "gaussian",
+        backend=test_cfg["nms_backend"])
+    on_gpu = device.type == "cuda" and test_cfg["nms_backend"] in ("auto", "cuda")
+    results: List[dict] = []
+    start = time.time()
+    for batch in tqdm(loader, desc="inference", leave=False, disable=not show_progress,
+                      dynamic_ncols=True):
+        feats = batch["feats"].to(device, non_blocking=True)
+        masks = batch["masks"].to(device, non_blocking=True)
+        outputs = core(feats, masks)
+        candidates = decode_candidates(
+            outputs["points"], outputs["cls_logits"], outputs["offsets"], outputs["fpn_masks"],
+            test_cfg["pre_nms_thresh"], test_cfg["pre_nms_topk"], test_cfg["duration_thresh"])
+        if not on_gpu:
+            candidates = [{k: v.cpu() for k, v in c.items()} for c in candidates]
+        if raw_hook is not None:
+            for vid, cand, grid in zip(batch["video_ids"], candidates, batch["grids"]):
+                raw_hook(vid, cand, grid)
+        kept = batched_nms_videos(
+            [(c["segments"], c["scores"], c["labels"]) for c in candidates], **nms_kwargs)
+        for vid, grid, (segs, scores, labels) in zip(batch["video_ids"], batch["grids"], kept):
+            seconds = grid.clip_seconds(grid.to_seconds(segs.float().cpu()))
+            results.append({"video_id": vid, "segments": seconds, "scores": scores.float().cpu(),
+                            "labels": labels.long().cpu()})
+    log.info("inference: %d videos in %.2f s", len(results), time.time() - start)
+    return results
+
+
+def nms_settings_summary(test_cfg: dict) -> str:
+    """One line describing the post-processing, for logs."""
+    return (f"NMS {test_cfg['nms_method']} (sigma {test_cfg['nms_sigma']}, iou {test_cfg['iou_threshold']}), "
+            f"{'per class' if test_cfg['multiclass_nms'] else 'class-agnostic'}, min score "
+            f"{test_cfg['min_score']}, max {test_cfg['max_seg_num']} per video, backend "
+            f"{test_cfg['nms_backend']}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in unwrap(model).parameters())
+
+
+def video_order(items: Sequence[dict]) -> List[str]:
+    return [it["video_id"] for it in items]

@@ -1,0 +1,185 @@
+"""Per-modality feature files: ``<folder>/<video_id>.npy|.pt`` or one ``.h5`` (SPEC s.2.2).
+
+:class:`FeatureSource` reads one video's ``(T, dim)`` float32 array and checks files cheaply
+(headers and shapes only) so that every problem of a split is found before training starts.
+The ``.h5`` handle is opened lazily in the process that uses it (safe for DataLoader workers).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from libs.core.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+EXTS = (".npy", ".pt", ".h5")
+
+
+class FeatureProblem(UserError):
+    """A problem with one video's feature file. ``kind``: 'missing', 'unreadable' or 'shape'."""
+
+    def __init__(self, message: str, kind: str, video_id: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.video_id = video_id
+
+
+def resolve_ext(path: str, ext: Optional[str]) -> str:
+    """The modality's extension; null means ``.h5`` if ``path`` ends in .h5, else ``.npy``."""
+    if ext is None:
+        return ".h5" if str(path).lower().endswith(".h5") else ".npy"
+    if ext not in EXTS:
+        raise UserError(f"unknown feature extension {ext!r} (dataset.modalities, path {path}): "
+                        f"expected one of {', '.join(EXTS)}")
+    return ext
+
+
+def load_array(fname: str, ext: str) -> np.ndarray:
+    """Read one ``.npy`` / ``.pt`` (tensor) file as float32; raises the loader's exception."""
+    if ext == ".npy":
+        return np.asarray(np.load(fname, allow_pickle=False), dtype=np.float32)
+    if ext == ".pt":
+        obj = torch.load(fname, map_location="cpu", weights_only=True)
+        if not isinstance(obj, torch.Tensor):
+            raise TypeError(f"holds a {type(obj).__name__}, expected a tensor")
+        return obj.detach().to(torch.float32).numpy()
+    raise ValueError(f"cannot read {ext} files one by one")
+
+
+@dataclass
+class FeatureSource:
+    """One feature family. ``path`` is a folder of ``<video_id><ext>`` files or one ``.h5`` file."""
+    name: str
+    path: str
+    ext: Optional[str]
+    dim: int
+
+    def __post_init__(self) -> None:
+        self.path = str(self.path)
+        self.ext = resolve_ext(self.path, self.ext)
+        self._h5: Any = None
+        self._h5_pid: Optional[int] = None
+
+    # -- pickling: never carry an open h5 handle into another process ---------------------------
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_h5"] = None
+        state["_h5_pid"] = None
+        return state
+
+    def close(self) -> None:
+        """Close the h5 handle of this process (reopened lazily on the next read)."""
+        if self._h5 is not None and self._h5_pid == os.getpid():
+            try:
+                self._h5.close()
+            except Exception:  # pragma: no cover - closing a dead handle
+                pass
+        self._h5, self._h5_pid = None, None
+
+    def file_for(self, video_id: str) -> str:
+        """The file holding ``video_id`` (the .h5 file itself for h5 sources)."""
+        if self.ext == ".h5":
+            return self.path
+        return os.path.join(self.path, f"{video_id}{self.ext}")
+
+    def _where(self, video_id: str) -> str:
+        return f"modality '{self.name}', video '{video_id}'"
+
+    def _h5_file(self, video_id: str) -> Any:
+        if self._h5 is None or self._h5_pid != os.getpid():
+            import h5py
+            if not os.path.isfile(self.path):
+                raise FeatureProblem(f"feature file not found (modality '{self.name}'): {self.path}",
+                                     "missing", video_id)
+            try:
+                self._h5 = h5py.File(self.path, "r")
+            except OSError as err:
+                raise FeatureProblem(f"unreadable h5 feature file (modality '{self.name}'): {self.path}: "
+                                     f"{err}", "unreadable", video_id) from None
+            self._h5_pid = os.getpid()
+        return self._h5
+
+    def _missing(self, video_id: str) -> FeatureProblem:
+        return FeatureProblem(f"missing feature file ({self._where(video_id)}): "
+                              f"{self.file_for(video_id)}", "missing", video_id)
+
+    def _unreadable(self, video_id: str, err: BaseException) -> FeatureProblem:
+        detail = " ".join(str(err).split())[:160]
+        return FeatureProblem(f"unreadable feature file ({self._where(video_id)}): "
+                              f"{self.file_for(video_id)}: {type(err).__name__}: {detail}",
+                              "unreadable", video_id)
+
+    def _check_shape(self, video_id: str, shape: Tuple[int, ...]) -> None:
+        if len(shape) != 2 or shape[1] != self.dim or shape[0] == 0:
+            raise FeatureProblem(f"bad feature shape ({self._where(video_id)}): {self.file_for(video_id)} "
+                                 f"has shape {tuple(shape)}, expected (T >= 1, {self.dim})", "shape",
+                                 video_id)
+
+    def shape(self, video_id: str) -> Tuple[int, ...]:
+        """The stored array shape, read cheaply (header / mmap / h5 metadata); raises FeatureProblem."""
+        if self.ext == ".h5":
+            f = self._h5_file(video_id)
+            if video_id not in f:
+                raise FeatureProblem(f"missing feature dataset ({self._where(video_id)}): no '{video_id}' "
+                                     f"in {self.path}", "missing", video_id)
+            try:
+                return tuple(f[video_id].shape)
+            except Exception as err:  # a group instead of a dataset, corrupt metadata
+                raise self._unreadable(video_id, err) from None
+        fname = self.file_for(video_id)
+        if not os.path.isfile(fname):
+            raise self._missing(video_id)
+        try:
+            if self.ext == ".npy":
+                return tuple(np.load(fname, mmap_mode="r", allow_pickle=False).shape)
+            try:
+                obj = torch.load(fname, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+                obj = torch.load(fname, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise self._unreadable(video_id, err) from None
+        if not isinstance(obj, torch.Tensor):
+            raise self._unreadable(video_id, TypeError(f"holds a {type(obj).__name__}, expected a tensor"))
+        return tuple(obj.shape)
+
+    def check(self, video_ids: Iterable[str]) -> List[FeatureProblem]:
+        """Every problem (missing, unreadable, wrong shape) of these videos, cheaply."""
+        found: List[FeatureProblem] = []
+        for vid in video_ids:
+            try:
+                self._check_shape(vid, self.shape(vid))
+            except FeatureProblem as prob:
+                found.append(prob)
+        return found
+
+    def problems(self, video_ids: Iterable[str]) -> List[str]:
+        """Messages of :meth:`check` (one per video; an absent .h5 file gives one message)."""
+        return list(dict.fromkeys(str(p) for p in self.check(video_ids)))
+
+    def read(self, video_id: str) -> np.ndarray:
+        """The ``(T, dim)`` float32 features of ``video_id``; raises FeatureProblem."""
+        if self.ext == ".h5":
+            f = self._h5_file(video_id)
+            if video_id not in f:
+                raise FeatureProblem(f"missing feature dataset ({self._where(video_id)}): no '{video_id}' "
+                                     f"in {self.path}", "missing", video_id)
+            try:
+                arr = np.asarray(f[video_id][()], dtype=np.float32)
+            except Exception as err:
+                raise self._unreadable(video_id, err) from None
+        else:
+            fname = self.file_for(video_id)
+            if not os.path.isfile(fname):
+                raise self._missing(video_id)
+            try:
+                arr = load_array(fname, self.ext)
+            except Exception as err:
+                raise self._unreadable(video_id, err) from None
+        self._check_shape(video_id, arr.shape)
+        return np.ascontiguousarray(arr)  # (T, dim) float32

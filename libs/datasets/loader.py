@@ -1,0 +1,99 @@
+"""DataLoaders whose batches depend only on ``(seed, epoch)``, not on the number of workers.
+
+Training uses :class:`EpochSampler`: a permutation from a ``torch.Generator`` seeded with
+``seed + epoch`` (each rank takes its slice, like ``DistributedSampler``). It yields
+``(epoch, index)`` keys so that the dataset's crops follow the epoch even inside persistent
+worker processes. Inference reads the videos in order, without dropping any.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from typing import Any, Iterator, Optional, Sized, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .collate import collate_batch
+
+logger = logging.getLogger(__name__)
+
+
+class EpochSampler(Sampler):
+    """Shuffled ``(epoch, index)`` keys; ``set_epoch(epoch)`` reshuffles and forwards to the dataset.
+
+    With ``world_size > 1`` the permutation is padded (wrapping around) to a multiple of
+    ``world_size`` and rank ``r`` takes ``perm[r::world_size]``.
+    """
+
+    def __init__(self, dataset: Sized, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        assert 0 <= rank < world_size, (rank, world_size)
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.num_samples = -(-len(dataset) // world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        gen = torch.Generator()
+        gen.manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.dataset), generator=gen)                 # (N,)
+        total = self.num_samples * self.world_size
+        if total > perm.numel():
+            reps = -(-total // perm.numel())
+            perm = perm.repeat(reps)[:total]
+        mine = perm[self.rank:total:self.world_size].tolist()
+        return iter([(self.epoch, i) for i in mine])
+
+
+def _worker_init(worker_id: int) -> None:
+    """Seed python/numpy in each worker from torch's per-worker seed (crops use their own rng)."""
+    seed = torch.initial_seed() % 2 ** 31
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def make_loader(dataset: Any, *, batch_size: int, num_workers: int, is_training: bool, seed: int,
+                max_seq_len: int, max_div_factor: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader of :func:`collate_batch` batches (shuffled + drop_last when training)."""
+    collate = functools.partial(collate_batch, max_seq_len=max_seq_len, max_div_factor=max_div_factor,
+                                is_training=is_training)
+    sampler: Optional[Sampler] = None
+    if is_training:
+        sampler = EpochSampler(dataset, seed, rank=rank, world_size=world_size)
+        if len(sampler) < batch_size:
+            logger.warning("training set has %d video(s) per process, fewer than batch_size %d: "
+                           "no full batch (drop_last)", len(sampler), batch_size)
+    workers = int(num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        drop_last=bool(is_training),
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        persistent_workers=workers > 0,
+        pin_memory=False,
+    )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch of the loader's sampler (if it has one) and of its dataset."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)

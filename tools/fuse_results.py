@@ -1,0 +1,175 @@
+"""Fuse several models' raw candidates (``eval.py --save-raw DIR``) into one submission.
+
+    python tools/fuse_results.py RAW_DIR [RAW_DIR ...] --out SUBMISSION.json [--mode pool|wbf]
+        [--weights 1 1] [--nms-method soft|linear|hard] [--nms-sigma 0.4] [--min-score 0.001]
+        [--max-seg-num 500] [--iou-threshold 0.1] [--wbf-iou 0.55] [--wbf-skip 0.0]
+        [--wbf-conf avg|max] [--annotations FILE [--split S]] [--overwrite]
+
+``pool``: all runs' pre-NMS candidates (scores x weight) go through one NMS per video (the
+original's post-fusion). ``wbf``: each run goes through the NMS alone, then 1-D weighted box
+fusion (``libs/utils/fusion.py``). The submission (SPEC s.6) holds every video of the runs (and of
+the split, with --annotations). With --annotations, the metric of each run (after its own NMS with
+the same settings) and of the fusion is printed and written to ``<out stem>_metrics.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from libs.core.errors import UserError, run_cli  # noqa: E402
+from libs.datasets.annotations import load_annotations  # noqa: E402
+from libs.utils.fusion import (NmsSettings, check_compatible, check_weights,  # noqa: E402
+                               detections_list, fuse_pool, load_raw_dir, run_nms,
+                               union_video_ids, weighted_segment_fusion)
+from libs.utils.metrics import (DEFAULT_TIOU_THRESHOLDS, MetricResult, evaluate_map,  # noqa: E402
+                                ground_truth_from_records, predictions_from_detections)
+from libs.utils.submission import detections_to_submission, write_json  # noqa: E402
+
+logger = logging.getLogger("fuse_results")
+
+
+def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("raw_dirs", nargs="+", help="raw candidate folders of eval.py --save-raw")
+    p.add_argument("--out", required=True, help="submission JSON to write")
+    p.add_argument("--mode", choices=("pool", "wbf"), default="pool",
+                   help="pool: pooled candidates + one NMS; wbf: weighted segment fusion")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one weight per run (default 1 each)")
+    nms = p.add_argument_group("NMS (pool: of the pooled candidates; wbf/metrics: of each run)")
+    nms.add_argument("--nms-method", choices=("soft", "linear", "hard"), default="soft")
+    nms.add_argument("--nms-sigma", type=float, default=0.4, help="Gaussian soft-NMS sigma")
+    nms.add_argument("--min-score", type=float, default=0.001)
+    nms.add_argument("--max-seg-num", type=int, default=500, help="detections per video")
+    nms.add_argument("--iou-threshold", type=float, default=0.1, help="hard/linear NMS IoU")
+    nms.add_argument("--class-agnostic", action="store_true", help="one NMS over all classes")
+    nms.add_argument("--voting-thresh", type=float, default=0.9,
+                     help="class-agnostic only: segment voting IoU (0: off)")
+    nms.add_argument("--nms-backend", choices=("auto", "cpp", "cuda", "torch"), default="auto")
+    wbf = p.add_argument_group("weighted segment fusion")
+    wbf.add_argument("--wbf-iou", type=float, default=0.55, help="cluster IoU threshold")
+    wbf.add_argument("--wbf-skip", type=float, default=0.0, help="ignore scores below this")
+    wbf.add_argument("--wbf-conf", choices=("avg", "max"), default="avg", help="fused score rule")
+    p.add_argument("--annotations", default=None, help="annotation JSON: also score the results")
+    p.add_argument("--split", default=None, help="split to score (default: the runs' split)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return p.parse_args(argv)
+
+
+def _settings(args: argparse.Namespace) -> NmsSettings:
+    bad = []
+    if not args.nms_sigma > 0:
+        bad.append(f"--nms-sigma {args.nms_sigma}: expected > 0")
+    if not args.min_score >= 0:
+        bad.append(f"--min-score {args.min_score}: expected >= 0")
+    if args.max_seg_num < 1:
+        bad.append(f"--max-seg-num {args.max_seg_num}: expected >= 1")
+    for name in ("iou_threshold", "voting_thresh", "wbf_iou", "wbf_skip"):
+        val = getattr(args, name)
+        if not 0.0 <= val <= 1.0 or (name == "wbf_iou" and val == 0):
+            bad.append(f"--{name.replace('_', '-')} {val}: expected a value in "
+                       f"{'(0' if name == 'wbf_iou' else '[0'}, 1]")
+    if bad:
+        raise UserError(f"bad options (command line): {'; '.join(bad)}")
+    return NmsSettings(args.iou_threshold, args.min_score, args.max_seg_num,
+                       args.nms_method != "hard", not args.class_agnostic, args.nms_sigma,
+                       args.voting_thresh, "linear" if args.nms_method == "linear" else "gaussian",
+                       args.nms_backend)
+
+
+def _score(dets: Mapping[str, Dict[str, Any]], gt: Any, split_ids: List[str], where: str
+           ) -> MetricResult:
+    return evaluate_map(gt, predictions_from_detections(detections_list(dets, split_ids)),
+                        DEFAULT_TIOU_THRESHOLDS, where=where)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = _parse(argv)
+    settings = _settings(args)
+    check_weights(args.weights, len(args.raw_dirs))
+    metrics_path = str(Path(args.out).with_suffix("")) + "_metrics.json"
+    targets = [args.out] + ([metrics_path] if args.annotations else [])
+    existing = [t for t in targets if os.path.exists(t)]
+    if existing and not args.overwrite:
+        raise UserError(f"output file already exists ({existing[0]}): pass --overwrite to replace it")
+    if args.split and not args.annotations:
+        raise UserError("--split without --annotations (command line): expected both or neither")
+
+    loaded = [load_raw_dir(d) for d in args.raw_dirs]
+    metas, runs = [m for m, _ in loaded], [r for _, r in loaded]
+    check_compatible(metas, args.raw_dirs)
+    task, num_classes = metas[0]["task"], int(metas[0]["num_classes"])
+    video_ids = union_video_ids(runs, warn=False)   # the fusion warns
+
+    gt, split_ids, ann = None, [], None
+    split = args.split or str(metas[0]["split"])
+    if args.annotations:
+        ann = load_annotations(args.annotations, task, num_classes, splits=[split])
+        gt = ground_truth_from_records(ann.videos)
+        if len(gt) == 0:
+            raise UserError(f"no ground-truth events of '{task}' in split '{split}' "
+                            f"({args.annotations}): this split cannot be scored")
+        split_ids = [v.video_id for v in ann.videos]
+        known = set(split_ids)
+        extra = sum(v not in known for v in video_ids)
+        missing = [v for v in split_ids if v not in set(video_ids)]
+        if extra:
+            logger.warning("%d video(s) of the runs are not in split '%s': not scored", extra, split)
+        if missing:
+            logger.warning("%d of %d video(s) of split '%s' are in no run: written with no "
+                           "detections", len(missing), len(split_ids), split)
+            video_ids += missing
+
+    if args.mode == "pool":
+        fused = fuse_pool(runs, args.weights, settings)
+        per_run = [run_nms(r, settings) for r in runs] if gt is not None else []
+    else:
+        per_run = [run_nms(r, settings) for r in runs]
+        fused = weighted_segment_fusion(per_run, args.weights, args.wbf_iou, args.wbf_skip,
+                                        args.wbf_conf, settings.max_seg_num)
+    sub = detections_to_submission(detections_list(fused), task, video_ids, settings.max_seg_num)
+    write_json(sub, args.out, overwrite=args.overwrite)
+    n_det = sum(len(d["scores"]) for d in fused.values())
+    print(f"[FUSION] {args.mode} of {len(runs)} run(s): {len(video_ids)} videos, {n_det} "
+          f"detections -> {args.out}")
+
+    if gt is not None:
+        report: Dict[str, Any] = {"task": task, "split": split,
+                                  "mode": args.mode, "weights": list(check_weights(args.weights,
+                                                                                   len(runs))),
+                                  "nms": settings.to_dict(), "runs": []}
+        if args.mode == "wbf":
+            report["wbf"] = {"iou_thr": args.wbf_iou, "skip_thr": args.wbf_skip,
+                             "conf_type": args.wbf_conf}
+        averages = []
+        for i, (d, meta, dets) in enumerate(zip(args.raw_dirs, metas, per_run)):
+            res = _score(dets, gt, split_ids, f"run {d}")
+            averages.append(res.average_map)
+            print(f"[RESULTS] run {i + 1} ({d}, checkpoint {meta.get('checkpoint', '?')})")
+            print(res.format_table())
+            report["runs"].append({"raw_dir": str(d), "checkpoint": meta.get("checkpoint"),
+                                   "metrics": res.to_dict(ann.label_names)})
+        res = _score(fused, gt, split_ids, "fusion")
+        print(f"[RESULTS] fusion ({args.mode})")
+        print(res.format_table())
+        best = int(np.argmax(averages))
+        print(f"[SUMMARY] average mAP: runs {', '.join(f'{a * 100:.2f}' for a in averages)}; "
+              f"fusion {res.average_map * 100:.2f} ({(res.average_map - averages[best]) * 100:+.2f} "
+              f"vs best run {best + 1})")
+        report["fusion"] = res.to_dict(ann.label_names)
+        write_json(report, metrics_path, overwrite=args.overwrite)
+        print(f"metrics written to {metrics_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

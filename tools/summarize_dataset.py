@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Summarise the dataset a config describes: feature files, lengths, durations, events per class.
+
+    python tools/summarize_dataset.py CONFIG [--split train] [--opt KEY=VALUE ...]
+
+The dataset is built exactly as training/eval build it, so every annotation and feature file
+problem of the split is reported (one ``error:`` line, exit status 2).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from libs.core.config import add_config_args, load_config  # noqa: E402
+from libs.core.errors import run_cli  # noqa: E402
+from libs.datasets.perception import PerceptionDataset  # noqa: E402
+
+
+def _range(values: np.ndarray, fmt: str = "{:.0f}") -> str:
+    if values.size == 0:
+        return "-"
+    return " / ".join(fmt.format(v) for v in (values.min(), np.median(values), values.max()))
+
+
+def summarize(dataset: PerceptionDataset) -> List[str]:
+    """The summary lines of a built dataset (shapes read cheaply, no feature data loaded)."""
+    vids = [v.video_id for v in dataset.videos]
+    durations = np.array([v.duration for v in dataset.videos], dtype=np.float64)   # (V,)
+    lines = [f"annotation file: {dataset.cfg_dataset['annotation_file']}",
+             f"task: {dataset.task}   split(s): {', '.join(dataset.splits)}   classes: {dataset.num_classes}",
+             f"videos: {len(vids)}   duration s (min / median / max): {_range(durations, '{:.2f}')}",
+             "modalities (T = rows per video, min / median / max):"]
+    for i, src in enumerate(dataset.sources):
+        present = [j for j, v in enumerate(vids) if v not in dataset.zero_filled[i]]
+        rows = np.array([src.shape(vids[j])[0] for j in present], dtype=np.float64)  # (V',)
+        rate = rows / durations[present] if present else rows
+        tag = " primary" if i == dataset.primary else ""
+        zeros = f", {len(vids) - len(present)} zero-filled" if len(present) < len(vids) else ""
+        lines.append(f"  {src.name}{tag} ({src.ext}, {src.path}): files {len(present)}{zeros}, "
+                     f"T {_range(rows)}, dim {src.dim}, rows_per_step {dataset.rows_per_step[i]}, "
+                     f"~{np.median(rate) if rate.size else float('nan'):.2f} rows/s")
+    labels = np.concatenate([v.labels for v in dataset.videos]) if vids else np.zeros(0, np.int64)
+    counts = np.bincount(labels, minlength=dataset.num_classes)                   # (K,)
+    lines.append(f"events: {int(counts.sum())} ({dataset.task})")
+    lines.append(f"  {'id':>4}  {'count':>6}  name")
+    for cid, n in enumerate(counts):
+        lines.append(f"  {cid:>4}  {int(n):>6}  {dataset.label_names.get(cid, '?')}")
+    return lines
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="YAML config")
+    parser.add_argument("--split", action="append", default=None,
+                        help="split(s) to summarise (repeatable; default: dataset.train_split)")
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, args.opt)
+    splits = args.split or list(cfg["dataset"]["train_split"])
+    dataset = PerceptionDataset(cfg, splits, is_training=False)
+    print("\n".join(summarize(dataset)))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

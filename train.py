@@ -1,0 +1,162 @@
+"""Train a temporal localisation detector.
+
+    python train.py CONFIG [--output NAME] [--resume CKPT] [--opt KEY=VALUE ...] [--device cpu|cuda]
+
+Multi-GPU: ``torchrun --nproc_per_node N train.py CONFIG`` (torch.distributed, one process per GPU).
+Outputs go to ``<output_folder>/<config stem>_<NAME or timestamp>/`` (SPEC s.4).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from libs.core.config import add_config_args, dump_config, load_config
+from libs.core.engine import TrainState, count_parameters, train_one_epoch, unwrap
+from libs.core.errors import UserError, run_cli
+from libs.core.validation import evaluate_model
+from libs.datasets import PerceptionDataset, make_loader, set_loader_epoch
+from libs.modeling import Detector
+from libs.modeling.losses import LossNormalizer
+from libs.utils.checkpoint import (experiment_dir, load_checkpoint, prepare_experiment_dir,
+                                   save_checkpoint)
+from libs.utils.distributed import cleanup, init_distributed
+from libs.utils.ema import ModelEma
+from libs.utils.logging_utils import TensorboardWriter, setup_logging
+from libs.utils.optim import make_optimizer
+from libs.utils.scheduler import make_scheduler, num_epochs
+from libs.utils.seed import fix_random_seed, get_rng_state, set_rng_state
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv: Optional[list]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="YAML config (see README: configuration)")
+    p.add_argument("--output", default=None, help="experiment name suffix (default: a timestamp)")
+    p.add_argument("--resume", default=None, help="checkpoint to continue from (epoch_NNN.pth.tar)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when available, else cpu")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs only)")
+    add_config_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.opt or [])
+    device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' (--device): no CUDA device is available; use --device cpu")
+    dist = init_distributed(device_name)
+    device = dist.device
+
+    # ---------------------------------------------------------------- output folder and logging
+    resume_ckpt = load_checkpoint(args.resume) if args.resume else None  # checked before mkdir
+    if resume_ckpt is not None and "ema" not in resume_ckpt:
+        raise UserError(f"checkpoint cannot be resumed ({args.resume}): it holds weights only; "
+                        f"expected an epoch_NNN.pth.tar written by train.py")
+    if args.resume and args.output is None:
+        exp = Path(args.resume).resolve().parent
+    else:
+        exp = experiment_dir(cfg["output_folder"], args.config, args.output)
+    if dist.rank == 0:
+        prepare_experiment_dir(exp, resume=resume_ckpt is not None)
+    setup_logging(exp / "train.log", rank=dist.rank)
+    if dist.rank == 0:
+        dump_config(cfg, exp / "config.yaml")
+    log.info("experiment folder: %s", exp)
+    fix_random_seed(cfg["seed"])
+
+    # ---------------------------------------------------------------- data
+    train_set = PerceptionDataset(cfg, cfg["dataset"]["train_split"], is_training=True)
+    model = Detector.from_config(cfg).to(device)
+    loader = make_loader(train_set, batch_size=cfg["loader"]["batch_size"],
+                         num_workers=cfg["loader"]["num_workers"], is_training=True, seed=cfg["seed"],
+                         max_seq_len=cfg["dataset"]["max_seq_len"],
+                         max_div_factor=model.max_div_factor, rank=dist.rank,
+                         world_size=dist.world_size)
+    if len(loader) == 0:
+        raise UserError(f"training set too small (dataset.train_split {cfg['dataset']['train_split']}): "
+                        f"{len(train_set)} videos for batch size {cfg['loader']['batch_size']} x "
+                        f"{dist.world_size} processes")
+    val_set = None
+    if cfg["train"]["eval_freq"] > 0:
+        val_set = PerceptionDataset(cfg, cfg["dataset"]["val_split"], is_training=False)
+
+    # ---------------------------------------------------------------- model, optimiser, schedule
+    log.info("model: %s backbone, %s parameters", cfg["model"]["backbone"],
+             f"{count_parameters(model):,}")
+    optimizer = make_optimizer(model, cfg["opt"])
+    scheduler = make_scheduler(optimizer, cfg["opt"], len(loader))
+    ema = ModelEma(model, decay=cfg["train"]["ema_decay"], warmup=cfg["train"]["ema_warmup"])
+    normalizer = LossNormalizer(cfg["train_cfg"]["init_loss_norm"], cfg["train_cfg"]["loss_norm_momentum"])
+    state = TrainState()
+    best_map = -1.0
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["state_dict"])
+        ema.load_state_dict(resume_ckpt["ema"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        scheduler.load_state_dict(resume_ckpt["scheduler"])
+        normalizer.load_state_dict(resume_ckpt["loss_normalizer"])
+        state = TrainState(epoch=resume_ckpt["epoch"], global_step=resume_ckpt["global_step"])
+        best_map = resume_ckpt.get("best_map", -1.0)
+        set_rng_state(resume_ckpt["rng_state"])
+        log.info("resumed from %s (epoch %d)", args.resume, state.epoch)
+    if dist.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    writer = TensorboardWriter(exp / "logs", rank=dist.rank)
+    max_epochs = num_epochs(cfg["opt"])
+
+    # ---------------------------------------------------------------- loop
+    log.info("training %d epochs x %d iterations on %s (%d process%s)", max_epochs, len(loader),
+             device, dist.world_size, "es" if dist.world_size > 1 else "")
+    while state.epoch < max_epochs:
+        set_loader_epoch(loader, state.epoch)
+        t0 = time.time()
+        losses = train_one_epoch(model, loader, optimizer, scheduler, ema, normalizer, cfg, state,
+                                 device, writer, show_progress=not args.no_progress and dist.rank == 0)
+        state.epoch += 1
+        log.info("epoch %d/%d: %s, lr %.3e, %.1f s", state.epoch, max_epochs,
+                 ", ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+                 optimizer.param_groups[0]["lr"], time.time() - t0)
+        last = state.epoch == max_epochs
+        is_eval = val_set is not None and (state.epoch % cfg["train"]["eval_freq"] == 0 or last)
+        avg_map = None
+        if is_eval and dist.rank == 0:
+            metrics = evaluate_model(ema.module, val_set, cfg, device, unwrap(model).max_div_factor)
+            avg_map = metrics.average_map
+            log.info("epoch %d validation (EMA weights): average mAP %.2f%% | %s", state.epoch,
+                     100 * avg_map, " ".join(f"{t:.1f}:{100 * m:.2f}" for t, m in
+                                             zip(metrics.tiou_thresholds, metrics.map_per_tiou)))
+            writer.add_scalar("validation/average_mAP", avg_map, state.epoch)
+        if dist.rank == 0 and (state.epoch % cfg["train"]["ckpt_freq"] == 0 or last or avg_map is not None):
+            ckpt = {
+                "epoch": state.epoch, "global_step": state.global_step,
+                "state_dict": unwrap(model).state_dict(), "state_dict_ema": ema.module.state_dict(),
+                "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "loss_normalizer": normalizer.state_dict(),
+                "rng_state": get_rng_state(), "config": cfg,
+                "label_map": {int(k): v for k, v in train_set.label_names.items()},
+                "best_map": max(best_map, avg_map if avg_map is not None else -1.0),
+            }
+            if state.epoch % cfg["train"]["ckpt_freq"] == 0 or last:
+                save_checkpoint(ckpt, exp / f"epoch_{state.epoch:03d}.pth.tar")
+            if avg_map is not None and avg_map > best_map:
+                best_map = avg_map
+                save_checkpoint(ckpt, exp / "best.pth.tar")
+                log.info("new best average mAP %.2f%% at epoch %d -> best.pth.tar", 100 * avg_map,
+                         state.epoch)
+    writer.close()
+    log.info("done: %s", exp)
+    cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
