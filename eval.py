@@ -26,6 +26,7 @@ from libs.modeling import Detector
 from libs.utils.checkpoint import find_checkpoint, load_checkpoint
 from libs.utils.compat_ckpt import convert_original_checkpoint, is_original_checkpoint
 from libs.utils.ext_scores import apply_ext_scores, check_ext_coverage, load_ext_scores
+from libs.utils.fusion import prepare_raw_dir, raw_candidate_hook, write_raw_meta
 from libs.utils.logging_utils import setup_logging
 from libs.utils.seed import fix_random_seed
 from libs.utils.submission import detections_to_submission, write_json
@@ -45,6 +46,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                    help="default: cuda when available, else cpu")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    p.add_argument("--save-raw", default=None, metavar="DIR",
+                   help="also store per-video pre-NMS candidates (seconds) for tools/fuse_results.py")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     add_config_args(p)
     return p.parse_args(argv)
@@ -107,8 +110,18 @@ def main(argv: Optional[list] = None) -> int:
              nms_settings_summary(cfg["test_cfg"]))
 
     # ---------------------------------------------------------------- predict, write, score
+    raw_hook = None
+    if args.save_raw:
+        prepare_raw_dir(args.save_raw, args.overwrite)
+        raw_hook = raw_candidate_hook(args.save_raw)
     detections = predict_dataset(model, dataset, cfg, device, model.max_div_factor,
-                                 show_progress=not args.no_progress)
+                                 raw_hook=raw_hook, show_progress=not args.no_progress)
+    if args.save_raw:  # meta last: an interrupted run is caught when the folder is loaded
+        write_raw_meta(args.save_raw, {
+            "task": cfg["task"], "split": "+".join(splits), "num_classes": cfg["dataset"]["num_classes"],
+            "checkpoint": str(ckpt_path), "epoch": epoch, "test_cfg": cfg["test_cfg"],
+            "video_ids": [d["video_id"] for d in detections]})
+        log.info("pre-NMS candidates: %s", args.save_raw)
     if ext is not None:
         detections = apply_ext_scores(detections, ext, cfg["test_cfg"]["ext_score_topk"],
                                       cfg["test_cfg"]["ext_score_num_pred"])

@@ -25,7 +25,7 @@ def _cuda_available() -> bool:
 
 def _extension():
     sources = [os.path.join(CSRC, "bindings.cpp"), os.path.join(CSRC, "nms_cpu.cpp")]
-    extra = {"cxx": ["-O3"]}
+    extra = {"cxx": ["-O3", "-g0"]}
     if _cuda_available():
         sources.append(os.path.join(CSRC, "nms_cuda.cu"))
         extra["nvcc"] = ["-O3"]

@@ -89,15 +89,20 @@ def main() -> None:
         rate = len(sub) / secs
         total = secs * len(items) / len(sub)
         rows.append((b, len(sub), total, rate, "*" if len(sub) < len(items) else ""))
-    # sanity: the backends agree on the videos they all ran
-    names = list(results)
+    # sanity: how many videos come out the same (labels equal, scores within 1e-5) as the first
+    # backend; float rounding (expf) may rarely reorder near-equal scores or move the cut
+    names, agree = list(results), []
     for b in names[1:]:
-        for x, y in zip(results[names[0]], results[b]):
-            assert torch.equal(x[2], y[2]) and torch.allclose(x[1], y[1], atol=1e-5), b
+        same = sum(len(x[2]) == len(y[2]) and torch.equal(x[2], y[2])
+                   and torch.allclose(x[1], y[1], atol=1e-5, rtol=0)
+                   for x, y in zip(results[names[0]], results[b]))
+        agree.append(f"{b} {same}/{len(results[b])}")
     dev = torch.cuda.get_device_name(0) if "cuda" in backends else "cpu"
     print(f"\nNMS benchmark: {args.videos} videos, {ncand} candidates, {args.classes} classes, "
           f"Gaussian soft-NMS sigma 0.4, max_seg_num 500; torch threads {torch.get_num_threads()}; "
-          f"device {dev}; backends agree: yes")
+          f"device {dev}")
+    if agree:
+        print(f"videos identical to {names[0]}: " + ", ".join(agree))
     print(f"{'backend':8s} {'videos run':>10s} {'total s':>10s} {'videos/s':>10s}")
     for b, n, total, rate, mark in rows:
         print(f"{b:8s} {n:10d} {total:9.2f}{mark or ' '} {rate:10.1f}")

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from libs.core.errors import UserError
-from libs.utils.fusion import (NmsSettings, check_compatible, fuse_pool, load_raw_dir,
-                               pool_candidates, run_nms, save_raw_candidates,
-                               weighted_segment_fusion, write_raw_meta)
-from libs.utils.metrics import (GroundTruth, evaluate_map, predictions_from_detections)
-from libs.utils.fusion import detections_list
+from libs.utils.fusion import (NmsSettings, check_compatible, detections_list, fuse_pool,
+                               load_raw_dir, pool_candidates, prepare_raw_dir, raw_candidate_hook,
+                               run_nms, save_raw_candidates, weighted_segment_fusion,
+                               write_raw_meta)
+from libs.utils.metrics import GroundTruth, evaluate_map, predictions_from_detections
 from libs.utils.nms import batched_nms
 from libs.utils.submission import load_submission
 
@@ -90,6 +90,26 @@ def test_raw_round_trip_and_errors(tmp_path):
     assert "v.npz: labels outside [0, 3)" in str(err.value) and "w.npz: segments with" in str(err.value)
     with pytest.raises(UserError, match="bad video id"):
         save_raw_candidates(str(tmp_path), "../x", [[0, 1]], [0.5], [0], 1.0)
+
+
+def test_raw_hook_prepare_dir_and_settings(tmp_path):
+    from libs.datasets.timegrid import TimeGrid
+    out = prepare_raw_dir(str(tmp_path / "raw"))
+    hook = raw_candidate_hook(str(out))
+    hook("v", {"segments": torch.tensor([[-1.0, 3.0]]), "scores": torch.tensor([0.5]),
+               "labels": torch.tensor([2])}, TimeGrid(2.0, 1.0, 1.0, 10.0))
+    write_raw_meta(str(out), {"task": TASK, "split": "valid", "num_classes": K})
+    _, runs = load_raw_dir(str(out))
+    np.testing.assert_allclose(runs["v"]["segments"], [[-0.25, 1.75]])    # seconds, not clipped
+    assert runs["v"]["duration"] == 10.0
+    with pytest.raises(UserError, match="--overwrite"):
+        prepare_raw_dir(str(out))
+    prepare_raw_dir(str(out), overwrite=True)
+    assert not list(out.iterdir())
+    cfg = {"nms_method": "linear", "iou_threshold": 0.3, "min_score": 0.01, "max_seg_num": 100,
+           "multiclass_nms": False, "nms_sigma": 0.5, "voting_thresh": 0.7, "nms_backend": "torch"}
+    assert NmsSettings.from_test_cfg(cfg) == NmsSettings(0.3, 0.01, 100, True, False, 0.5, 0.7,
+                                                         "linear", "torch")
 
 
 def test_mismatched_meta(tmp_path):

@@ -144,8 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if gt is not None:
         report: Dict[str, Any] = {"task": task, "split": split,
-                                  "mode": args.mode, "weights": list(check_weights(args.weights,
-                                                                                   len(runs))),
+                                  "mode": args.mode, "weights": check_weights(args.weights, len(runs)).tolist(),
                                   "nms": settings.to_dict(), "runs": []}
         if args.mode == "wbf":
             report["wbf"] = {"iou_thr": args.wbf_iou, "skip_thr": args.wbf_skip,

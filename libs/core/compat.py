@@ -167,7 +167,7 @@ def probe_pt_dim(folder: str) -> Optional[int]:
     map; None when there is no readable 2-D tensor file there."""
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".pt"))
-    except OSError:
+    except (OSError, TypeError):
         return None
     if not names:
         return None
@@ -331,7 +331,8 @@ class _Converter:
             self.notes.append(f"dataset.mm_feat_folder dropped: unused with input_modality "
                               f"{modality!r}")
         if self.dataset_name == "perception":
-            mods, stride, nframes = self._tsl_modalities(modality), ds["feat_stride"], ds["num_frames"]
+            mods = self._tsl_modalities(modality)
+            stride, nframes = ds["feat_stride"], ds["num_frames"]
         else:
             mods, stride, nframes = self._tal_modalities(modality)
         if not (isinstance(stride, (int, float)) and stride > 0):
@@ -339,9 +340,9 @@ class _Converter:
                             "grid is not supported)", stride)
         self.out["dataset"].update(modalities=mods, time_grid="stride", feat_stride=stride,
                                    num_frames=nframes)
-        self.notes.append(f"time grid: time_grid 'stride' with fps = default_fps {_fmt(ds['default_fps'])}"
-                          f", feat_stride {stride}, num_frames {nframes}, force_upsampling "
-                          f"{_fmt(force)} (the original's arithmetic)")
+        self.notes.append(f"time grid: time_grid 'stride' (the original's arithmetic), fps = "
+                          f"default_fps {_fmt(ds['default_fps'])}, feat_stride {stride}, num_frames "
+                          f"{nframes}, force_upsampling {_fmt(force)}")
 
     def _tsl_modalities(self, modality: str) -> List[dict]:
         ds = self.o["dataset"]
@@ -429,9 +430,10 @@ class _Converter:
             raise self._err("model_name", f"expected {want!r} with dataset_name "
                             f"{self.dataset_name!r}", arch[0])
         wins = m["n_mha_win_size"]
-        if isinstance(wins, int) and not isinstance(wins, bool):
-            levels = len(m["backbone_arch"]) == 3 and m["backbone_arch"][2] + 1
-            model["n_mha_win_size"] = [wins] * int(levels or 1)
+        if isinstance(wins, int) and not isinstance(wins, bool):   # one window for every level
+            bb = m["backbone_arch"]
+            ok = isinstance(bb, (list, tuple)) and len(bb) == 3 and isinstance(bb[2], int)
+            model["n_mha_win_size"] = [wins] * (bb[2] + 1 if ok else 6)
         else:
             model["n_mha_win_size"] = _plain(wins)
         if tsl:

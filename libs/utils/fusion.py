@@ -47,6 +47,7 @@ import torch
 from libs.core.errors import UserError, format_problems
 from libs.utils.metrics import as_numpy
 from libs.utils.nms import batched_nms_videos
+from libs.utils.submission import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +151,8 @@ def write_raw_meta(out_dir: str, meta: Mapping[str, Any]) -> str:
     video has its file). Returns the path."""
     missing = [k for k in META_REQUIRED if k not in meta]
     assert not missing, f"raw meta lacks {missing}"
-    data = {"format": RAW_FORMAT, **dict(meta)}
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, META_NAME)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".meta.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
+    write_json({"format": RAW_FORMAT, **dict(meta)}, path, overwrite=True)
     return path
 
 
@@ -271,8 +267,8 @@ def check_weights(weights: Optional[Sequence[float]], n_runs: int) -> np.ndarray
     """(n_runs,) float64 weights (default all 1): finite, >= 0, positive sum."""
     w = np.ones(n_runs) if weights is None else np.asarray(list(weights), dtype=np.float64)
     if w.shape != (n_runs,) or not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
-        raise UserError(f"bad fusion weights ({list(np.ravel(w))}): expected {n_runs} non-negative "
-                        "numbers, one per run, with a positive sum")
+        raise UserError(f"bad fusion weights {[float(x) for x in np.ravel(w)]} (--weights): "
+                        f"expected {n_runs} non-negative numbers, one per run, with a positive sum")
     return w
 
 
@@ -380,7 +376,7 @@ def weighted_segment_fusion(runs: Runs, weights: Optional[Sequence[float]] = Non
     ``runs``: one ``{video_id: Cands}`` per model (after each model's NMS, or its candidates),
     segments in seconds. Segments with a raw score < ``skip_thr`` or a zero weighted score are
     dropped. Returns ``{video_id: Cands}`` for the union of videos, descending score (stable),
-    at most ``max_seg_num`` per video, segments clipped to ``[0, duration]``.
+    at most ``max_seg_num`` per video (<= 0: all), segments clipped to ``[0, duration]``.
     """
     if conf_type not in ("avg", "max"):
         raise UserError(f"unknown WBF conf_type {conf_type!r} (fusion): expected 'avg' or 'max'")
@@ -392,67 +388,52 @@ def weighted_segment_fusion(runs: Runs, weights: Optional[Sequence[float]] = Non
     vids = union_video_ids(runs)
     code = {v: i for i, v in enumerate(vids)}
     present = np.zeros((len(vids), len(runs)), dtype=bool)
-    cols: Dict[str, List[np.ndarray]] = {k: [] for k in ("v", "m", "s", "e", "sc", "lab")}
+    parts = []                                  # rows: video, run, start, end, score, label
     for m, run in enumerate(runs):
         for vid, c in run.items():
             present[code[vid], m] = True
-            n = len(c["scores"])
             segs = np.asarray(c["segments"], np.float64).reshape(-1, 2)
-            for k, val in zip(cols, (np.full(n, code[vid]), np.full(n, m), segs[:, 0], segs[:, 1],
-                                     np.asarray(c["scores"], np.float64).reshape(-1),
-                                     np.asarray(c["labels"], np.int64).reshape(-1))):
-                cols[k].append(val)
-    flat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
-    v_c, m_c, lab = flat["v"].astype(np.int64), flat["m"].astype(np.int64), flat["lab"].astype(np.int64)
-    ws = flat["sc"] * w[m_c]
-    keep = (flat["sc"] >= skip_thr) & (ws > 0)
+            parts.append(np.column_stack([np.full(len(segs), code[vid]), np.full(len(segs), m),
+                                          segs, np.asarray(c["scores"], np.float64).reshape(-1),
+                                          np.asarray(c["labels"]).reshape(-1)]))
+    flat = np.concatenate(parts) if parts else np.zeros((0, 6))
+    v_c, m_c, lab = flat[:, 0].astype(np.int64), flat[:, 1].astype(np.int64), flat[:, 5].astype(np.int64)
+    ws = flat[:, 4] * w[m_c]
     n_cls = int(lab.max()) + 1 if len(lab) else 1
     group = v_c * n_cls + lab
-    order = np.nonzero(keep)[0]
+    order = np.nonzero((flat[:, 4] >= skip_thr) & (ws > 0))[0]
     order = order[np.lexsort((-ws[order], group[order]))]        # by group, then ws desc; stable
     g_codes, g_start, g_size = np.unique(group[order], return_index=True, return_counts=True)
     by_size = np.argsort(-g_size, kind="stable")
     g_codes, g_start, g_size = g_codes[by_size], g_start[by_size], g_size[by_size]
-    s, e, wsr, mr = flat["s"][order], flat["e"][order], ws[order], m_c[order]
-
-    out_g, out_s, out_e, out_sc = [], [], [], []
-    w_video = present.astype(np.float64) @ w                       # (V,) weights of present runs
-    m_video = present.sum(axis=1)
-    wmax_video = np.where(present, w[None, :], 0.0).max(axis=1) if len(vids) else np.zeros(0)
+    w_video, m_video = present @ w, present.sum(axis=1)          # (V,) weights / runs present
+    wmax_video = (present * w[None, :]).max(axis=1, initial=0.0)
+    s_o, e_o, ws_o, m_o = flat[order, 2], flat[order, 3], ws[order], m_c[order]
+    out = []                                                     # (group, start, end, score)
     i = 0
     while i < len(g_size):
-        n_g = max(1, _WBF_CELLS // int(g_size[i]))
-        sl = slice(i, i + n_g)
-        acc = _wbf_groups(g_size[sl], g_start[sl], s, e, wsr, mr, iou_thr, one_per_model)
+        sl = slice(i, i + max(1, _WBF_CELLS // int(g_size[i])))
+        acc = _wbf_groups(g_size[sl], g_start[sl], s_o, e_o, ws_o, m_o, iou_thr, one_per_model)
         gi, ci = np.nonzero(np.arange(acc["fs"].shape[1])[None, :] < acc["ncl"][:, None])
         vg = g_codes[sl][gi] // n_cls
-        if conf_type == "avg":
-            cnt = acc["cnt"][gi, ci]
-            score = acc["sw"][gi, ci] * np.minimum(cnt, m_video[vg]) / (cnt * w_video[vg])
-        else:
-            score = acc["mx"][gi, ci] / wmax_video[vg]
-        out_g.append(g_codes[sl][gi])
-        out_s.append(acc["fs"][gi, ci])
-        out_e.append(acc["fe"][gi, ci])
-        out_sc.append(score)
-        i += n_g
-    fg = np.concatenate(out_g) if out_g else np.zeros(0, np.int64)
-    fs = np.concatenate(out_s) if out_s else np.zeros(0)
-    fe = np.concatenate(out_e) if out_e else np.zeros(0)
-    fsc = np.concatenate(out_sc) if out_sc else np.zeros(0)
-    fv, flab = fg // n_cls, fg % n_cls
-    final = np.lexsort((-fsc, fv))                                 # per video, score desc
+        cnt = acc["cnt"][gi, ci]
+        score = (acc["sw"][gi, ci] * np.minimum(cnt, m_video[vg]) / (cnt * w_video[vg])
+                 if conf_type == "avg" else acc["mx"][gi, ci] / wmax_video[vg])
+        out.append(np.column_stack([g_codes[sl][gi], acc["fs"][gi, ci], acc["fe"][gi, ci], score]))
+        i = sl.stop
+    res = np.concatenate(out) if out else np.zeros((0, 4))
+    fv, flab = res[:, 0].astype(np.int64) // n_cls, res[:, 0].astype(np.int64) % n_cls
+    final = np.lexsort((-res[:, 3], fv))                         # per video, score desc
     bounds = np.searchsorted(fv[final], np.arange(len(vids) + 1))
     result: Dict[str, Cands] = {}
     for j, vid in enumerate(vids):
         dur = _duration(runs, vid)
         rows = final[bounds[j]:bounds[j + 1]][:max_seg_num if max_seg_num > 0 else None]
-        segs = np.stack([fs[rows], fe[rows]], axis=1) if len(rows) else np.zeros((0, 2))
-        result[vid] = {"segments": np.clip(segs, 0.0, dur).astype(np.float32),
-                       "scores": fsc[rows].astype(np.float32), "labels": flab[rows].astype(np.int64),
+        result[vid] = {"segments": np.clip(res[rows, 1:3], 0.0, dur).astype(np.float32),
+                       "scores": res[rows, 3].astype(np.float32), "labels": flab[rows],
                        "duration": dur}
     logger.info("WBF: %d runs, %d videos, %d segments in, %d fused", len(runs), len(vids),
-                int(keep.sum()), len(fsc))
+                len(order), len(res))
     return result
 
 

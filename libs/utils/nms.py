@@ -109,7 +109,8 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _iou_row(buf: Tensor, i: int, rest: Tensor) -> Tensor:
-    """IoU of row ``i`` of ``buf`` (4, n) = (x1, x2, score, len) with columns ``rest`` (4, R)."""
+    """IoU of column ``i`` of ``buf`` (4, n) = (x1, x2, score, len) with columns ``rest`` (4, R),
+    in the kernels' float32 operation order."""
     inter = (torch.minimum(buf[1, i], rest[1]) - torch.maximum(buf[0, i], rest[0])).clamp_(min=0)
     return inter / (buf[3, i] + rest[3] - inter)
 
@@ -146,8 +147,10 @@ def _soft_group_torch(buf: Tensor, thr: float, min_score: float, sigma: Tensor, 
     while i < n and i < limit:
         m = i + int(torch.argmax(buf[2, i:n]))  # first maximum = the strict `<` scan
         if m != i:
-            buf[:, [i, m]] = buf[:, [m, i]]
-            ind[[i, m]] = ind[[m, i]]
+            col = buf[:, i].clone()
+            buf[:, i] = buf[:, m]
+            buf[:, m] = col
+            ind[i], ind[m] = ind[m].clone(), ind[i].clone()
         if i + 1 < n:
             rest = buf[:, i + 1:n]
             ovr = _iou_row(buf, i, rest)
