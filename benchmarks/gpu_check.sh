@@ -18,14 +18,18 @@ echo "== environment"
   || fail "python3 cannot import torch"
 command -v nvcc >/dev/null && nvcc --version | tail -1
 
-echo "== build (CUDA)"
+# Build with the compiler family torch was built with: on the lent machines the image's
+# CXX=/opt/gcc/bin/g++ produces an extension that segfaults when a C++ check throws, while the
+# system g++ (GCC 13, as torch) works.
+if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
+echo "== build (CUDA) with ${CXX:-c++}"
 rm -rf build libs/utils/_nms_ext*.so
 t0=$SECONDS
 if ! "$PY" setup.py build_ext --inplace >"$LOG/build.log" 2>&1; then
   tail -40 "$LOG/build.log"; fail "build"
 fi
 build_s=$((SECONDS - t0))
-"$PY" -c "import libs.utils._nms_ext as e, sys; sys.exit(0 if e.with_cuda() else 1)" \
+"$PY" -c "import torch, libs.utils._nms_ext as e, sys; sys.exit(0 if e.with_cuda() else 1)" \
   || { tail -20 "$LOG/build.log"; fail "extension built without CUDA (is nvcc / CUDA_HOME found by torch?)"; }
 echo "built with CUDA in ${build_s}s"
 
@@ -43,9 +47,31 @@ for c in 12 63; do
     >"$LOG/bench_$c.log" 2>&1 || { cat "$LOG/bench_$c.log"; fail "benchmark ($c classes)"; }
 done
 
+echo "== CUDA end to end: tiny demo train + eval on the GPU"
+t0=$SECONDS
+E2E="$LOG/e2e"
+"$PY" -c "from tools.make_demo_data import generate_demo_data as g; g('$E2E/data', num_train=8, num_valid=4, num_test=2, min_duration=6, max_duration=10)" >"$LOG/e2e.log" 2>&1 \
+  || { tail -20 "$LOG/e2e.log"; fail "demo data"; }
+OPTS="dataset.annotation_file=$E2E/data/annotations.json dataset.modalities.0.path=$E2E/data/features/beats dataset.modalities.1.path=$E2E/data/features/umt output_folder=$E2E/ckpt model.embd_dim=64 loader.batch_size=4 opt.epochs=2 opt.warmup_epochs=1 train.eval_freq=3"
+"$PY" train.py configs/demo_tsl_train.yaml --output gpu --device cuda --no-progress --opt $OPTS >>"$LOG/e2e.log" 2>&1 \
+  || { tail -30 "$LOG/e2e.log"; fail "train.py on cuda"; }
+"$PY" eval.py configs/demo_tsl_valid.yaml "$E2E/ckpt/demo_tsl_train_gpu" --device cuda --no-progress --out "$E2E/cuda.json" --opt $OPTS >>"$LOG/e2e.log" 2>&1 \
+  || { tail -30 "$LOG/e2e.log"; fail "eval.py on cuda"; }
+"$PY" eval.py configs/demo_tsl_valid.yaml "$E2E/ckpt/demo_tsl_train_gpu" --device cpu --no-progress --out "$E2E/cpu.json" --opt $OPTS test_cfg.nms_backend=cpp >>"$LOG/e2e.log" 2>&1 \
+  || { tail -30 "$LOG/e2e.log"; fail "eval.py on cpu"; }
+e2e_line="$("$PY" - "$E2E/cuda_metrics.json" "$E2E/cpu_metrics.json" <<'PYEOF'
+import json, sys
+a, b = (json.load(open(p))["average_map"] for p in sys.argv[1:3])
+print(f"average mAP cuda {100*a:.2f} vs cpu {100*b:.2f} (|diff| {100*abs(a-b):.3f})")
+sys.exit(0 if abs(a - b) < 0.01 else 1)
+PYEOF
+)" || { echo "$e2e_line"; fail "CUDA and CPU eval disagree"; }
+e2e_s=$((SECONDS - t0))
+
 echo
 echo "================ NMS GPU check: summary ================"
 echo "build: ok (CUDA) in ${build_s}s; tests: ${test_line} in ${test_s}s"
+echo "train+eval on cuda: ok in ${e2e_s}s; ${e2e_line}"
 for c in 12 63; do
   sed -n '/^NMS benchmark/,$p' "$LOG/bench_$c.log"
 done

@@ -344,8 +344,19 @@ def test_large_groups_cpp_torch_cuda_agree(ext_built):
                       batched_nms_videos([tuple(t.to(dev) for t in it) for it in items], **kw, backend=b)]
         for b in backends[1:]:
             for x, y in zip(res["cpp"], res[b]):
+                if soft and b == "cuda":
+                    # CUDA's expf may differ from the CPU's by an ulp, which can reorder
+                    # near-equal decayed scores: compare the kept sets, not their order
+                    x, y = (_rows_sorted(*o) for o in (x, y))
                 assert torch.equal(x[0], y[0]) and torch.equal(x[2], y[2]), b
                 torch.testing.assert_close(x[1], y[1], atol=1e-5, rtol=0)
+
+
+def _rows_sorted(segs, scores, labels):
+    """Kept detections in a canonical order (label, start, end)."""
+    key = labels.double() * 1e8 + segs[:, 0].double() * 1e3 + segs[:, 1].double()
+    order = torch.argsort(key, stable=True)
+    return segs[order], scores[order], labels[order]
 
 
 # ------------------------------------------------------------------------------------------------

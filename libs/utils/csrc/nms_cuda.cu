@@ -12,7 +12,8 @@
 //             later ties.)
 //   hard NMS: rows pre-sorted by descending score; per kept row, the block suppresses the later
 //             rows in parallel.
-// Working arrays live in global memory (groups can exceed shared memory), one slice per group.
+// Working arrays live in global memory (groups can exceed shared memory), one slice per group;
+// they are written by one thread and read by others after __syncthreads (so no __restrict__).
 #include "nms.h"
 
 #include <c10/cuda/CUDAException.h>
@@ -54,9 +55,8 @@ __device__ __forceinline__ float iou_1d(float ax1, float ax2, float aarea, float
 __global__ void __launch_bounds__(kThreads)
     soft_nms_kernel(const float* __restrict__ segs, const float* __restrict__ scores,
                     const int64_t* __restrict__ offsets, float iou_threshold, float min_score,
-                    float sigma, int method, int64_t max_num, float* __restrict__ wx1,
-                    float* __restrict__ wx2, float* __restrict__ wsc, float* __restrict__ warea,
-                    int* __restrict__ wind, int* __restrict__ wflag, int* __restrict__ wslot,
+                    float sigma, int method, int64_t max_num, float* wx1, float* wx2,
+                    float* wsc, float* warea, int* wind, int* wflag, int* wslot,
                     int64_t* __restrict__ keep, float* __restrict__ out_scores,
                     int64_t* __restrict__ counts) {
   using ReduceBest = cub::BlockReduce<Best, kThreads>;
@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     hard_nms_kernel(const float* __restrict__ segs, const float* __restrict__ scores,
                     const int64_t* __restrict__ offsets, float iou_threshold, float min_score,
-                    int64_t max_num, float* __restrict__ warea, int* __restrict__ wflag,
+                    int64_t max_num, float* warea, int* wflag,
                     int64_t* __restrict__ keep, float* __restrict__ out_scores,
                     int64_t* __restrict__ counts) {
   const int tid = threadIdx.x;
