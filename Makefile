@@ -28,8 +28,17 @@ test: venv ext
 demo-data: venv
 	$(PY) tools/make_demo_data.py --out $(DEMO)
 
+DEMO_RUN := ckpt/demo_tsl_train_demo
+
+# The demo end to end on CPU: data (if missing) -> dataset summary -> train TSL -> eval valid
+# (mAP table) -> test-split submission (--saveonly) -> offline scoring of the valid submission.
 demo: venv ext demo-data
 	$(PY) tools/summarize_dataset.py configs/demo_tsl_train.yaml
+	@if [ -d $(DEMO_RUN) ]; then echo "make demo: removing the previous demo run $(DEMO_RUN)"; rm -rf $(DEMO_RUN); fi
+	$(PY) train.py configs/demo_tsl_train.yaml --output demo --device cpu
+	$(PY) eval.py configs/demo_tsl_valid.yaml $(DEMO_RUN) --device cpu --out $(DEMO_RUN)/demo_valid_results.json
+	$(PY) eval.py configs/demo_tsl_test.yaml $(DEMO_RUN) --device cpu --saveonly --out $(DEMO_RUN)/demo_test_submission.json
+	$(PY) tools/score_submission.py $(DEMO)/annotations.json $(DEMO_RUN)/demo_valid_results.json --task sound_localisation --split valid
 
 bench: venv ext
 	$(PY) benchmarks/bench_nms.py --quick

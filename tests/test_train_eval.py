@@ -228,3 +228,19 @@ def test_save_raw_then_fuse_two_checkpoints(demo, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Average mAP" in proc.stdout
     assert len(json.loads(out.read_text())) == 2
+
+
+def test_two_process_ddp_training_on_cpu(demo):
+    """torchrun with 2 CPU processes (gloo): one run folder, checkpoints written by rank 0."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "train.py",
+         "configs/demo_tsl_train.yaml", "--output", "ddp", "--device", "cpu", "--no-progress",
+         "--opt", *tiny_opts(demo, **{"loader.batch_size": 2})],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exp = demo["root"] / "ckpt" / "demo_tsl_train_ddp"
+    assert "(2 processes)" in (exp / "train.log").read_text()
+    ckpt = load(exp / "epoch_002.pth.tar")
+    # 4 videos, 2 per process per step: one optimizer step per epoch
+    assert ckpt["global_step"] == 2

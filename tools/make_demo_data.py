@@ -101,7 +101,7 @@ class SignalParams:
     instance_noise: float = 0.35          # per-event deviation from the class prototype (relative)
     amplitude_range: Tuple[float, float] = (0.6, 1.4)  # per-event amplitude factor
     # audio (BEATs-like)
-    audio_amplitude: float = 0.16
+    audio_amplitude: float = 0.7
     audio_noise: float = 1.0
     audio_onset_s: float = 0.06           # sigmoid time constant of onsets/offsets
     audio_slow: float = 0.15              # slowly varying background component (RMS)
@@ -111,9 +111,9 @@ class SignalParams:
     audio_modulation_hz: Tuple[float, float] = (0.7, 4.0)
     distractors: Tuple[int, int] = (0, 2)  # unlabelled sound-like events per video
     # video (UMT-like and VideoMAE-like)
-    umt_amplitude: float = 0.11
+    umt_amplitude: float = 0.22
     umt_sound_hint: float = 0.2          # visible sounds in UMT, relative to umt_amplitude
-    videomae_amplitude: float = 0.05
+    videomae_amplitude: float = 0.1
     videomae_jitter_s: float = 0.3        # VideoMAE boundaries are shifted by up to this
     video_noise: float = 1.0
     videomae_noise: float = 1.25

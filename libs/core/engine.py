@@ -98,7 +98,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             ema.update(model)
         state.global_step += 1
 
-        values = {k: float(v) for k, v in losses.items() if k.endswith("loss")}
+        values = {k: v.detach().item() for k, v in losses.items() if k.endswith("loss")}
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         count += 1
