@@ -1,7 +1,6 @@
 """Tests of libs/modeling/assign.py: golden parity and a brute-force per-point reference."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +9,11 @@ import torch
 
 from libs.modeling.assign import assign_targets
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden"
-GOLDEN_FILES = ["tiny_actionformer.pt", "tiny_fusion.pt"]
+from golden import GOLDEN_FILES, load_golden as _golden
+
 REG_RANGES = [(0, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 10000)]
 
 
-@functools.lru_cache(maxsize=None)
-def _golden(name: str) -> dict:
-    path = GOLDEN_DIR / name
-    if not path.exists():
-        pytest.skip(f"golden file {path} not available")
-    return torch.load(path, weights_only=True)
 
 
 def make_points(seq_len: int, num_levels: int = 6) -> torch.Tensor:

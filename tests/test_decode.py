@@ -2,7 +2,6 @@
 used to check that decoded candidates reproduce the golden detections end to end."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +10,11 @@ import torch
 
 from libs.modeling.decode import decode_candidates
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden"
-GOLDEN_FILES = ["tiny_actionformer.pt", "tiny_fusion.pt"]
+from golden import GOLDEN_FILES, load_golden as _golden
+
 TEST_CFG = dict(pre_nms_thresh=0.001, pre_nms_topk=5000, duration_thresh=0.05)
 
 
-@functools.lru_cache(maxsize=None)
-def _golden(name: str) -> dict:
-    path = GOLDEN_DIR / name
-    if not path.exists():
-        pytest.skip(f"golden file {path} not available")
-    return torch.load(path, weights_only=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from torch import nn
 
 from libs.core.errors import UserError
 from libs.utils import distributed as du
-from libs.utils.checkpoint import (_umask, experiment_dir, find_checkpoint, load_checkpoint,
+from libs.utils.io import _umask
+from libs.utils.checkpoint import (experiment_dir, find_checkpoint, load_checkpoint,
                                    prepare_experiment_dir, save_checkpoint)
 from libs.utils.ema import ModelEma
 from libs.utils.logging_utils import TensorboardWriter, setup_logging

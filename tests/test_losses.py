@@ -1,7 +1,6 @@
 """Tests of libs/modeling/losses.py: hand-computed values and golden parity."""
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
@@ -12,16 +11,10 @@ from libs.modeling.assign import assign_targets
 from libs.modeling.losses import (LossNormalizer, ctr_diou_loss_1d, detection_losses,
                                   per_video_nonfinite, sigmoid_focal_loss)
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden"
-GOLDEN_FILES = ["tiny_actionformer.pt", "tiny_fusion.pt"]
+from golden import GOLDEN_FILES, load_golden as _golden
 
 
-@functools.lru_cache(maxsize=None)
-def _golden(name: str) -> dict:
-    path = GOLDEN_DIR / name
-    if not path.exists():
-        pytest.skip(f"golden file {path} not available")
-    return torch.load(path, weights_only=True)
+
 
 
 def _focal_by_hand(x: float, t: float, alpha: float = 0.25, gamma: float = 2.0) -> float:

@@ -15,7 +15,7 @@ import torch
 from libs.core.config import resolve_config
 from libs.modeling import Detector
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden"
+from golden import load_golden as _golden
 TOL = 1e-4
 KEYS = ("backbone_feats", "fpn_feats", "fpn_masks", "points", "cls_logits", "offsets")
 
@@ -39,12 +39,6 @@ RAW = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _golden(name: str) -> dict:
-    path = GOLDEN_DIR / name
-    if not path.exists():
-        pytest.skip(f"golden file {path} not available")
-    return torch.load(path, weights_only=True)
 
 
 @functools.lru_cache(maxsize=None)

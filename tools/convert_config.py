@@ -13,7 +13,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from libs.core import compat  # noqa: E402
 from libs.core.config import _StrictLoader, add_config_args, config_to_yaml, resolve_config  # noqa: E402
 from libs.core.errors import UserError, run_cli  # noqa: E402
+from libs.utils.io import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger("convert_config")
 
@@ -70,23 +70,6 @@ def convert_text(path: str, opts: List[str] = ()) -> str:
     return "\n".join(head) + "\n" + config_to_yaml(cfg)
 
 
-def _write_atomic(text: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    except OSError as err:
-        raise UserError(f"cannot write output ({path}): {err.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = _parse(argv)
@@ -96,7 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.output:
         sys.stdout.write(text)
         return 0
-    _write_atomic(text, args.output)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    atomic_write_text(args.output, text, what="config")
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

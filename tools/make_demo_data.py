@@ -401,19 +401,40 @@ def _event_records(events: Sequence[Event], num_frames: int, names: Sequence[str
     return out
 
 
-def make_video(seed: int, index: int, split: str, min_duration: float, max_duration: float,
-               protos: Prototypes, params: SignalParams = PARAMS
-               ) -> Tuple[str, Dict[str, Any], Dict[str, np.ndarray]]:
-    """One video: (video_id, annotation entry, {family: (T, C) float32 features})."""
-    rng = np.random.default_rng([seed, 1, index])
-    vid = f"video_{index:05d}"
+@dataclass
+class VideoPlan:
+    num_frames: int
+    sounds: List[Event]
+    visible: List[bool]  # per sound: is_visible (visible sounds leave a weak hint in UMT)
+    actions: List[Event]
+
+
+def plan_video(rng: np.random.Generator, min_duration: float, max_duration: float,
+               params: SignalParams = PARAMS) -> VideoPlan:
+    """Length and events of one video (drawn before its features, from the same ``rng``)."""
     num_frames = int(round(rng.uniform(min_duration, max_duration) * FRAME_RATE))
     duration = num_frames / FRAME_RATE
     sounds = sample_events(rng, duration, len(SOUND_CLASSES), params.sound_count,
                            params.sound_length_s, params)
-    visible = list(rng.random(len(sounds)) < 0.6)
+    visible = [bool(v) for v in rng.random(len(sounds)) < 0.6]
     actions = sample_events(rng, duration, len(ACTION_CLASSES), params.action_count,
                             params.action_length_s, params)
+    return VideoPlan(num_frames, sounds, visible, actions)
+
+
+def video_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of video ``index``: independent of the split sizes and of other videos."""
+    return np.random.default_rng([seed, 1, index])
+
+
+def make_video(seed: int, index: int, split: str, min_duration: float, max_duration: float,
+               protos: Prototypes, params: SignalParams = PARAMS
+               ) -> Tuple[str, Dict[str, Any], Dict[str, np.ndarray]]:
+    """One video: (video_id, annotation entry, {family: (T, C) float32 features})."""
+    rng = video_rng(seed, index)
+    vid = f"video_{index:05d}"
+    plan = plan_video(rng, min_duration, max_duration, params)
+    num_frames, sounds, visible, actions = plan.num_frames, plan.sounds, plan.visible, plan.actions
     feats = {
         "beats": synth_audio(rng, beats_rows(num_frames), sounds, protos, params),
         "umt": synth_video(rng, video_rows(num_frames), actions, list(zip(sounds, visible)),

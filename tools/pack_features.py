@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,6 +20,7 @@ from tqdm import tqdm  # noqa: E402
 
 from libs.core.errors import UserError, format_problems, run_cli  # noqa: E402
 from libs.datasets.features import load_array  # noqa: E402
+from libs.utils.io import atomic_path  # noqa: E402
 
 
 def pack_folder(folder: str, out: str, ext: str = ".npy", overwrite: bool = False,
@@ -40,9 +40,7 @@ def pack_folder(folder: str, out: str, ext: str = ".npy", overwrite: bool = Fals
         raise UserError(f"output folder not found ({out_dir}): create it first")
     problems: List[str] = []
     dim: Optional[int] = None
-    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=out_dir)
-    os.close(fd)
-    try:
+    with atomic_path(out, "packed features") as tmp:
         with h5py.File(tmp, "w") as h5:
             for name in tqdm(names, desc=f"packing {folder}", unit="file", disable=not progress):
                 vid = name[: -len(ext)]
@@ -64,10 +62,6 @@ def pack_folder(folder: str, out: str, ext: str = ".npy", overwrite: bool = Fals
                 h5.create_dataset(vid, data=np.ascontiguousarray(arr, dtype=np.float32))
         if problems:
             raise UserError(format_problems(problems, f"cannot pack {len(problems)} file(s) ({folder})"))
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return len(names)
 
 

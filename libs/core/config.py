@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -25,6 +24,7 @@ import yaml
 
 from libs.core.defaults import DERIVED, SCHEMA, Key, ListOf
 from libs.core.errors import UserError, format_problems
+from libs.utils.io import atomic_write_text
 
 __all__ = ["load_config", "resolve_config", "config_to_yaml", "dump_config", "add_config_args",
            "describe_schema", "max_div_factor", "OPT_SOURCE"]
@@ -113,22 +113,7 @@ def config_to_yaml(cfg: Mapping[str, Any]) -> str:
 
 def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
     """Write ``cfg`` as YAML to ``path`` atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    text = config_to_yaml(cfg)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise UserError(f"cannot write config ({path}): {err.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, config_to_yaml(cfg), what="config")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -18,6 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from libs.core.errors import UserError
+from libs.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,6 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch_{int(epoch):03d}.pth.tar"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
     """Write ``state`` with ``torch.save`` atomically to ``path`` (its folder must exist).
 
@@ -48,20 +42,10 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
     if not folder.is_dir():
         raise UserError(f"cannot save checkpoint ({path}): folder {folder} does not exist")
     replaced = path.exists()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; use normal permissions
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path, "checkpoint") as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     if replaced:
         log.info("replaced existing checkpoint %s", path)
     return path

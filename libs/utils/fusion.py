@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 
 from libs.core.errors import UserError, format_problems
+from libs.utils.io import atomic_path
 from libs.utils.metrics import as_numpy
 from libs.utils.nms import batched_nms_videos
 from libs.utils.submission import write_json
@@ -124,15 +124,8 @@ def save_raw_candidates(out_dir: str, video_id: str, segments_s: Any, scores: An
     assert len(segs) == len(sc) == len(lab), f"video '{vid}': candidate column lengths differ"
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, vid + ".npz")
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="." + vid + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, segments=segs, scores=sc, labels=lab, duration=np.float64(duration))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, "raw candidates") as tmp, open(tmp, "wb") as f:
+        np.savez(f, segments=segs, scores=sc, labels=lab, duration=np.float64(duration))
     return path
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from numbers import Real
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from libs.core.errors import UserError, format_problems
+from libs.utils.io import atomic_write_text
 from libs.utils.metrics import Predictions, as_numpy
 
 
@@ -64,19 +64,8 @@ def write_json(obj: Any, path: str, overwrite: bool = False) -> None:
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise UserError(f"output file already exists ({path}): pass --overwrite to replace it")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, allow_nan=False))
 
 
 def _number(x: Any) -> Optional[float]:
