@@ -11,7 +11,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "tools" / "make_demo_data.py")
+_spec = importlib.util.spec_from_file_location("make_demo_data",
+                                               ROOT / "tools" / "make_demo_data.py")
 mdd = importlib.util.module_from_spec(_spec)
 sys.modules["make_demo_data"] = mdd
 _spec.loader.exec_module(mdd)
@@ -28,7 +29,8 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def _files(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _load(tiny: Path) -> dict:

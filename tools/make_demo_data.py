@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sys
@@ -53,8 +52,6 @@ if __package__ in (None, ""):  # run as a script: make `libs` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.core.errors import UserError, run_cli  # noqa: E402
-
-log = logging.getLogger("make_demo_data")
 
 GENERATOR_VERSION = 1
 FRAME_RATE = 30.0
@@ -503,8 +500,8 @@ def generate_demo_data(out_dir: os.PathLike | str = DEFAULT_OUT, seed: int = 0, 
     out = Path(out_dir)
     counts = {"train": num_train, "valid": num_valid, "test": num_test}
     if min(counts.values()) < 0 or num_train + num_valid + num_test < 1:
-        raise UserError(f"bad video counts (train {num_train}, valid {num_valid}, test {num_test}): "
-                        "expected non-negative counts, at least one video")
+        raise UserError(f"bad video counts (train {num_train}, valid {num_valid}, "
+                        f"test {num_test}): expected non-negative counts, at least one video")
     if not 1.0 <= min_duration <= max_duration:
         raise UserError(f"bad durations (min {min_duration}, max {max_duration}): expected "
                         "1 <= min-duration <= max-duration (seconds)")
@@ -585,7 +582,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--min-duration", type=float, default=8.0, help="seconds (8)")
     parser.add_argument("--max-duration", type=float, default=16.0, help="seconds (16)")
     a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = generate_demo_data(a.out, seed=a.seed, num_train=a.num_train, num_valid=a.num_valid,
                              num_test=a.num_test, min_duration=a.min_duration,
                              max_duration=a.max_duration, overwrite=a.overwrite)
