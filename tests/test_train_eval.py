@@ -244,3 +244,31 @@ def test_two_process_ddp_training_on_cpu(demo):
     ckpt = load(exp / "epoch_002.pth.tar")
     # 4 videos, 2 per process per step: one optimizer step per epoch
     assert ckpt["global_step"] == 2
+
+
+def test_eval_with_external_class_scores(demo, tmp_path):
+    exp = run_train(demo, "ext")
+    ann = json.loads((demo["data"] / "annotations.json").read_text())
+    valid = sorted(k for k, v in ann.items() if v["metadata"]["split"] == "valid")
+    rng = np.random.default_rng(0)
+    scores = {vid: rng.uniform(0.0, 1.0, 12).round(3).tolist() for vid in valid}
+    ext = tmp_path / "ext.json"
+    ext.write_text(json.dumps({"results": scores}))
+    def argv(out):
+        return [str(ROOT / "configs/demo_tsl_valid.yaml"), str(exp), "--saveonly", "--out", str(out),
+                "--device", "cpu", "--no-progress", "--opt",
+                *tiny_opts(demo, **{"test_cfg.ext_score_file": ext, "test_cfg.ext_score_num_pred": 10})]
+
+    out = tmp_path / "ext_results.json"
+    assert eval_cli.main(argv(out)) == 0
+    sub = json.loads(out.read_text())
+    for vid in valid:
+        top2 = set(np.argsort(scores[vid])[-2:].tolist())
+        dets = sub[vid]["sound_localisation"]
+        assert len(dets) == 20                       # 10 detections x top-2 classes
+        assert {int(d["label"]) for d in dets} == top2
+    # a video without external scores is an error before anything is predicted
+    ext.write_text(json.dumps({valid[0]: scores[valid[0]]}))
+    with pytest.raises(UserError, match=valid[1]):
+        eval_cli.main(argv(tmp_path / "never_written.json"))
+    assert not (tmp_path / "never_written.json").exists()
