@@ -56,24 +56,14 @@ def main(argv: Optional[list] = None) -> int:
     dist = init_distributed(device_name)
     device = dist.device
 
-    # ---------------------------------------------------------------- output folder and logging
-    resume_ckpt = load_checkpoint(args.resume) if args.resume else None  # checked before mkdir
+    setup_logging(None, rank=dist.rank)  # console only until the run folder exists
+    resume_ckpt = load_checkpoint(args.resume) if args.resume else None
     if resume_ckpt is not None and "ema" not in resume_ckpt:
         raise UserError(f"checkpoint cannot be resumed ({args.resume}): it holds weights only; "
                         f"expected an epoch_NNN.pth.tar written by train.py")
-    if args.resume and args.output is None:
-        exp = Path(args.resume).resolve().parent
-    else:
-        exp = experiment_dir(cfg["output_folder"], args.config, args.output)
-    if dist.rank == 0:
-        prepare_experiment_dir(exp, resume=resume_ckpt is not None)
-    setup_logging(exp / "train.log", rank=dist.rank)
-    if dist.rank == 0:
-        dump_config(cfg, exp / "config.yaml")
-    log.info("experiment folder: %s", exp)
     fix_random_seed(cfg["seed"])
 
-    # ---------------------------------------------------------------- data
+    # ---------------------------------------------------------------- data (checked before any output)
     train_set = PerceptionDataset(cfg, cfg["dataset"]["train_split"], is_training=True)
     model = Detector.from_config(cfg).to(device)
     loader = make_loader(train_set, batch_size=cfg["loader"]["batch_size"],
@@ -88,6 +78,17 @@ def main(argv: Optional[list] = None) -> int:
     val_set = None
     if cfg["train"]["eval_freq"] > 0:
         val_set = PerceptionDataset(cfg, cfg["dataset"]["val_split"], is_training=False)
+
+    # ---------------------------------------------------------------- output folder and logging
+    if args.resume and args.output is None:
+        exp = Path(args.resume).resolve().parent
+    else:
+        exp = experiment_dir(cfg["output_folder"], args.config, args.output)
+    if dist.rank == 0:
+        prepare_experiment_dir(exp, resume=resume_ckpt is not None)
+        setup_logging(exp / "train.log", rank=dist.rank)
+        dump_config(cfg, exp / "config.yaml")
+    log.info("experiment folder: %s", exp)
 
     # ---------------------------------------------------------------- model, optimiser, schedule
     log.info("model: %s backbone, %s parameters", cfg["model"]["backbone"],

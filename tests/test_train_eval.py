@@ -187,6 +187,8 @@ def test_non_finite_loss_stops_with_video_ids_and_keeps_checkpoint(demo, tmp_pat
     err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(err_lines) == 1 and "Traceback" not in proc.stderr
     assert "non-finite loss" in err_lines[0] and "epoch 2" in err_lines[0] and vid in err_lines[0]
+    others = [k for k, v in ann.items() if v["metadata"]["split"] == "train" and k != vid]
+    assert not any(o in err_lines[0] for o in others)   # only the video with bad features
     assert (exp / "epoch_001.pth.tar").read_bytes() == good
     assert not (exp / "epoch_002.pth.tar").exists()
 
@@ -199,12 +201,16 @@ def test_cli_user_errors_are_one_line(demo, tmp_path):
          *tiny_opts(demo, **{"dataset.modalities.1.path": tmp_path / "missing_umt"})],
     ]
     expected = ["did you mean 'opt.learning_rate'?", "no_such_run", "missing_umt"]
+    ckpt_root = demo["root"] / "ckpt"
+    runs_before = sorted(ckpt_root.iterdir()) if ckpt_root.exists() else []
     for argv, needle in zip(cases, expected):
         proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert lines[-1].startswith("error: ") and needle in lines[-1], proc.stderr
         assert "Traceback" not in proc.stderr
+    # bad data is found before the run folder is created: nothing is left behind
+    assert (sorted(ckpt_root.iterdir()) if ckpt_root.exists() else []) == runs_before
 
 
 def test_save_raw_then_fuse_two_checkpoints(demo, tmp_path):

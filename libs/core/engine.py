@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from tqdm import tqdm
 from libs.core.errors import UserError
 from libs.modeling.assign import assign_targets
 from libs.modeling.decode import decode_candidates
-from libs.modeling.losses import LossNormalizer, detection_losses
+from libs.modeling.losses import LossNormalizer, detection_losses, per_video_nonfinite
 from libs.utils.nms import batched_nms_videos
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         losses = compute_losses(outputs, batch, normalizer, cfg, num_classes)
         final = losses["final_loss"]
         if not torch.isfinite(final):
+            bad = per_video_nonfinite(outputs["cls_logits"], outputs["offsets"])
+            videos = [batch["video_ids"][i] for i in bad] or batch["video_ids"]
             raise NonFiniteLossError(
                 f"non-finite loss {final.item()} (epoch {state.epoch + 1}, iteration {it + 1}, "
-                f"videos {', '.join(batch['video_ids'])}): training stopped; the last good checkpoint "
-                f"is kept")
+                f"videos {', '.join(videos)}): training stopped; check these videos' features; the "
+                f"last good checkpoint is kept")
         final.backward()
         if clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -169,6 +171,3 @@ def nms_settings_summary(test_cfg: dict) -> str:
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in unwrap(model).parameters())
 
-
-def video_order(items: Sequence[dict]) -> List[str]:
-    return [it["video_id"] for it in items]
