@@ -25,6 +25,7 @@ from libs.datasets import PerceptionDataset
 from libs.modeling import Detector
 from libs.utils.checkpoint import find_checkpoint, load_checkpoint
 from libs.utils.compat_ckpt import convert_original_checkpoint, is_original_checkpoint
+from libs.utils.distributed import add_device_arg, resolve_device
 from libs.utils.ext_scores import apply_ext_scores, check_ext_coverage, load_ext_scores
 from libs.utils.fusion import prepare_raw_dir, raw_candidate_hook, write_raw_meta
 from libs.utils.logging_utils import setup_logging
@@ -42,8 +43,7 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p.add_argument("-t", "--topk", type=int, default=None, help="override test_cfg.max_seg_num")
     p.add_argument("--saveonly", action="store_true", help="write the submission only (no labels needed)")
     p.add_argument("--out", default=None, help="submission file (default: next to the checkpoint)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="default: cuda when available, else cpu")
+    add_device_arg(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.add_argument("--save-raw", default=None, metavar="DIR",
@@ -62,9 +62,7 @@ def main(argv: Optional[list] = None) -> int:
             raise UserError(f"-t/--topk ({args.topk}): expected a positive number of detections")
         opts.append(f"test_cfg.max_seg_num={args.topk}")
     cfg = load_config(args.config, opts)
-    device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' (--device): no CUDA device is available; use --device cpu")
+    device_name = resolve_device(args.device)
     device = torch.device(device_name)
     fix_random_seed(cfg["seed"])
 

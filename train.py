@@ -25,7 +25,7 @@ from libs.modeling import Detector
 from libs.modeling.losses import LossNormalizer
 from libs.utils.checkpoint import (experiment_dir, load_checkpoint, prepare_experiment_dir,
                                    save_checkpoint)
-from libs.utils.distributed import cleanup, init_distributed
+from libs.utils.distributed import add_device_arg, cleanup, init_distributed, resolve_device
 from libs.utils.ema import ModelEma
 from libs.utils.logging_utils import TensorboardWriter, setup_logging
 from libs.utils.optim import make_optimizer
@@ -40,8 +40,7 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p.add_argument("config", help="YAML config (see README: configuration)")
     p.add_argument("--output", default=None, help="experiment name suffix (default: a timestamp)")
     p.add_argument("--resume", default=None, help="checkpoint to continue from (epoch_NNN.pth.tar)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="default: cuda when available, else cpu")
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs only)")
     add_config_args(p)
     return p.parse_args(argv)
@@ -50,9 +49,7 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.opt or [])
-    device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' (--device): no CUDA device is available; use --device cpu")
+    device_name = resolve_device(args.device)
     dist = init_distributed(device_name)
     device = dist.device
 

@@ -105,22 +105,18 @@ def _parse_metadata(vid: str, entry: Any, problems: List[str]) -> Optional[tuple
     elif not isinstance(split, str) or split.lower() not in SPLITS:
         problems.append(f"video '{vid}': unknown split {split!r}, expected one of {', '.join(SPLITS)}")
         ok = False
-    num_frames = meta.get("num_frames")
-    if num_frames is None:
-        problems.append(f"video '{vid}': missing metadata.num_frames")
-        ok = False
-    elif not _is_int(num_frames) or num_frames <= 0:
-        problems.append(f"video '{vid}': metadata.num_frames is {num_frames!r}, expected a positive int")
-        ok = False
-    frame_rate = meta.get("frame_rate")
-    if frame_rate is None:
-        problems.append(f"video '{vid}': missing metadata.frame_rate")
-        ok = False
-    elif not _is_number(frame_rate) or frame_rate <= 0:
-        problems.append(f"video '{vid}': metadata.frame_rate is {frame_rate!r}, expected a positive number")
-        ok = False
+    for key, valid, expected in (("num_frames", _is_int, "a positive int"),
+                                 ("frame_rate", _is_number, "a positive number")):
+        value = meta.get(key)
+        if value is None:
+            problems.append(f"video '{vid}': missing metadata.{key}")
+            ok = False
+        elif not valid(value) or value <= 0:
+            problems.append(f"video '{vid}': metadata.{key} is {value!r}, expected {expected}")
+            ok = False
     if not ok:
         return None
+    num_frames, frame_rate = meta["num_frames"], meta["frame_rate"]
     return split.lower(), int(num_frames), float(frame_rate)
 
 

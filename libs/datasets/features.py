@@ -121,15 +121,20 @@ class FeatureSource:
                                  f"has shape {tuple(shape)}, expected (T >= 1, {self.dim})", "shape",
                                  video_id)
 
+    def _h5_entry(self, video_id: str):
+        """The h5 object stored under ``video_id``; a missing one is a FeatureProblem."""
+        f = self._h5_file(video_id)
+        if video_id not in f:
+            raise FeatureProblem(f"missing feature dataset ({self._where(video_id)}): no '{video_id}' "
+                                 f"in {self.path}", "missing", video_id)
+        return f[video_id]
+
     def shape(self, video_id: str) -> Tuple[int, ...]:
         """The stored array shape, read cheaply (header / mmap / h5 metadata); raises FeatureProblem."""
         if self.ext == ".h5":
-            f = self._h5_file(video_id)
-            if video_id not in f:
-                raise FeatureProblem(f"missing feature dataset ({self._where(video_id)}): no '{video_id}' "
-                                     f"in {self.path}", "missing", video_id)
+            entry = self._h5_entry(video_id)
             try:
-                return tuple(f[video_id].shape)
+                return tuple(entry.shape)
             except Exception as err:  # a group instead of a dataset, corrupt metadata
                 raise self._unreadable(video_id, err) from None
         fname = self.file_for(video_id)
@@ -165,12 +170,9 @@ class FeatureSource:
     def read(self, video_id: str) -> np.ndarray:
         """The ``(T, dim)`` float32 features of ``video_id``; raises FeatureProblem."""
         if self.ext == ".h5":
-            f = self._h5_file(video_id)
-            if video_id not in f:
-                raise FeatureProblem(f"missing feature dataset ({self._where(video_id)}): no '{video_id}' "
-                                     f"in {self.path}", "missing", video_id)
+            entry = self._h5_entry(video_id)
             try:
-                arr = np.asarray(f[video_id][()], dtype=np.float32)
+                arr = np.asarray(entry[()], dtype=np.float32)
             except Exception as err:
                 raise self._unreadable(video_id, err) from None
         else:

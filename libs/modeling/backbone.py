@@ -14,27 +14,19 @@ pyramid level. It exposes ``out_channels: int``, ``strides: list[int]`` and
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from libs.core.errors import UserError
+from libs.core.registry import Registry
 
 from .blocks import TransformerBlock
 from .layers import MaskedConv1D, maybe_norm
 
-BACKBONES: Dict[str, Type[nn.Module]] = {}
-
-
-def register_backbone(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
-    """Class decorator adding a backbone under ``name`` (the value of ``model.backbone``)."""
-    def wrap(cls: Type[nn.Module]) -> Type[nn.Module]:
-        assert name not in BACKBONES, f"backbone {name!r} registered twice"
-        BACKBONES[name] = cls
-        return cls
-    return wrap
+BACKBONES = Registry("backbone", "model.backbone", requires=("out_channels", "strides"))
+register_backbone = BACKBONES.register
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
@@ -44,12 +36,7 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     scale_factor, n_mha_win_size, embd_kernel_size, embd_with_ln, use_abs_pe, use_rel_pe,
     dropout, droppath``.
     """
-    if name not in BACKBONES:
-        raise UserError(f"unknown backbone {name!r} (model.backbone): expected one of "
-                        f"{', '.join(sorted(BACKBONES))}")
-    model = BACKBONES[name](**kwargs)
-    assert isinstance(model, nn.Module) and hasattr(model, "out_channels") and hasattr(model, "strides")
-    return model
+    return BACKBONES.build(name, **kwargs)
 
 
 def sinusoid_table(length: int, channels: int) -> torch.Tensor:

@@ -7,35 +7,23 @@ level, out_channels: int, scale_factor: int, start_level: int, with_ln: bool)``;
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple, Type
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from libs.core.errors import UserError
+from libs.core.registry import Registry
 
 from .layers import MaskedConv1D, maybe_norm
 
-NECKS: Dict[str, Type[nn.Module]] = {}
-
-
-def register_neck(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
-    """Class decorator adding a neck under ``name`` (the value of ``model.neck``)."""
-    def wrap(cls: Type[nn.Module]) -> Type[nn.Module]:
-        assert name not in NECKS, f"neck {name!r} registered twice"
-        NECKS[name] = cls
-        return cls
-    return wrap
+NECKS = Registry("neck", "model.neck", requires=("out_channels",))
+register_neck = NECKS.register
 
 
 def build_neck(name: str, **kwargs) -> nn.Module:
     """Instantiate the neck registered as ``name`` (keywords: see the module docstring)."""
-    if name not in NECKS:
-        raise UserError(f"unknown neck {name!r} (model.neck): expected one of {', '.join(sorted(NECKS))}")
-    neck = NECKS[name](**kwargs)
-    assert hasattr(neck, "out_channels")
-    return neck
+    return NECKS.build(name, **kwargs)
 
 
 @register_neck("identity")

@@ -5,10 +5,11 @@ and every helper is a cheap no-op, so the training loop calls them unconditional
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -55,6 +56,20 @@ def get_world_size() -> int:
 
 def is_main_process() -> bool:
     return get_rank() == 0
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device cpu|cuda`` for train.py / eval.py (see :func:`resolve_device`)."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: cuda when available, else cpu")
+
+
+def resolve_device(requested: Optional[str]) -> str:
+    """``requested`` or, when None, 'cuda' if available else 'cpu'; CUDA without a GPU is an error."""
+    name = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' (--device): no CUDA device is available; use --device cpu")
+    return name
 
 
 def init_distributed(device: str) -> DistInfo:
