@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from libs.core.config import add_config_args, dump_config, load_config

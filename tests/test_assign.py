@@ -1,7 +1,6 @@
 """Tests of libs/modeling/assign.py: golden parity and a brute-force per-point reference."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 used to check that decoded candidates reproduce the golden detections end to end."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

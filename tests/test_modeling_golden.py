@@ -7,7 +7,6 @@ The tiny reference models are rebuilt through the config path (``resolve_config`
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import pytest
 import torch

@@ -15,7 +15,6 @@ import copy
 import difflib
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -23,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from libs.core.defaults import DERIVED, SCHEMA, Key, ListOf
+from libs.core.config_checks import check_cross_fields, max_div_factor, show_value
 from libs.core.errors import UserError, format_problems
 from libs.utils.io import atomic_write_text
 
@@ -82,7 +82,7 @@ def resolve_config(raw: Any, source: str, opts: Optional[Sequence[str]] = ()) ->
     ``raw`` is not modified. ``source`` names the file in error messages.
     """
     if not isinstance(raw, dict):
-        got = "an empty file" if raw is None else _show(raw)
+        got = "an empty file" if raw is None else show_value(raw)
         raise UserError(f"wrong top level in config file ({source}): expected a mapping of "
                         f"sections ({', '.join(SCHEMA)}), got {got}")
     raw = copy.deepcopy(raw)
@@ -96,7 +96,7 @@ def resolve_config(raw: Any, source: str, opts: Optional[Sequence[str]] = ()) ->
         errs.extend(_unknown_key("derived", k, list(DERIVED), source)
                     for k in raw["derived"] if k not in DERIVED)
     _raise_if(errs, source)
-    errs.extend(_check_cross_fields(cfg, source))
+    errs.extend(check_cross_fields(cfg, source))
     derived = _compute_derived(cfg)
     if not errs:
         errs.extend(_check_given_derived(raw.get("derived"), derived, source))
@@ -141,7 +141,7 @@ def describe_schema() -> str:
                 add(name, "*required*", f"list of mappings: {spec.doc}")
                 walk(spec.schema, f"{name}[]")
             else:
-                add(name, "*required*" if spec.required else f"`{_show(spec.default)}`", spec.doc)
+                add(name, "*required*" if spec.required else f"`{show_value(spec.default)}`", spec.doc)
 
     walk(SCHEMA, "")
     for k, doc in DERIVED.items():
@@ -230,7 +230,7 @@ def _check_scalar(value: Any, typ: type, name: str, source: str) -> Any:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok and not math.isfinite(value):
             raise UserError(f"wrong type for config key '{name}' ({source}): expected a finite "
-                            f"number, got {_show(value)}")
+                            f"number, got {show_value(value)}")
         value = float(value) if ok else value
     elif typ is str:
         ok = isinstance(value, str)
@@ -240,7 +240,7 @@ def _check_scalar(value: Any, typ: type, name: str, source: str) -> Any:
         raise AssertionError(f"unsupported schema type {typ} for {name}")
     if not ok:
         raise UserError(f"wrong type for config key '{name}' ({source}): expected "
-                        f"{_TYPE_NAMES[typ]}, got {_show(value)}")
+                        f"{_TYPE_NAMES[typ]}, got {show_value(value)}")
     return value
 
 
@@ -249,11 +249,11 @@ def _check_range(value: Any, key: Key, name: str, source: str) -> None:
     if (lo is None or value >= lo) and (hi is None or value <= hi):
         return
     if lo is not None and hi is not None:
-        expected = f"{_show(lo)} <= value <= {_show(hi)}"
+        expected = f"{show_value(lo)} <= value <= {show_value(hi)}"
     else:
-        expected = f"value >= {_show(lo)}" if lo is not None else f"value <= {_show(hi)}"
+        expected = f"value >= {show_value(lo)}" if lo is not None else f"value <= {show_value(hi)}"
     raise UserError(f"config key '{name}' out of range ({source}): expected {expected}, "
-                    f"got {_show(value)}")
+                    f"got {show_value(value)}")
 
 
 def _check_key(key: Key, value: Any, name: str, source: str) -> Any:
@@ -283,9 +283,9 @@ def _check_key(key: Key, value: Any, name: str, source: str) -> Any:
     elif key.type in (int, float):
         _check_range(value, key, name, source)
     if key.choices is not None and value not in key.choices:
-        choices = ", ".join(_show(c) for c in key.choices)
+        choices = ", ".join(show_value(c) for c in key.choices)
         raise UserError(f"invalid value for config key '{name}' ({source}): expected one of "
-                        f"{choices}, got {_show(value)}")
+                        f"{choices}, got {show_value(value)}")
     return value
 
 
@@ -296,7 +296,7 @@ def _resolve_section(schema: Mapping[str, Any], raw: Any, prefix: str, source: s
         raw = {}
     if not isinstance(raw, dict):
         errs.append(f"wrong type for config key '{prefix}' ({source}): expected a mapping of "
-                    f"keys ({', '.join(schema)}), got {_show(raw)}")
+                    f"keys ({', '.join(schema)}), got {show_value(raw)}")
         return None
     valid = list(schema) if valid is None else valid
     unknown = [k for k in raw if not isinstance(k, str) or k not in valid]
@@ -330,7 +330,7 @@ def _resolve_list(spec: ListOf, raw: Any, name: str, source: str, errs: List[str
         return []
     if not isinstance(raw, list):
         errs.append(f"wrong type for config key '{name}' ({source}): expected a list of mappings, "
-                    f"got {_show(raw)}")
+                    f"got {show_value(raw)}")
         return []
     if len(raw) < spec.min_length:
         errs.append(f"wrong length for config key '{name}' ({source}): expected at least "
@@ -339,136 +339,13 @@ def _resolve_list(spec: ListOf, raw: Any, name: str, source: str, errs: List[str
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             errs.append(f"wrong type for config key '{name}[{i}]' ({source}): expected a mapping "
-                        f"of keys ({', '.join(spec.schema)}), got {_show(item)}")
+                        f"of keys ({', '.join(spec.schema)}), got {show_value(item)}")
             continue
         items.append(_resolve_section(spec.schema, item, f"{name}[{i}]", source, errs))
     return items
 
 
 # ----------------------------------------------------------------------------- cross-field checks
-
-def _show(value: Any) -> str:
-    """A value as it reads in an error message (YAML-like, strings quoted, one line)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        text = repr(value)
-    elif isinstance(value, (list, tuple)):
-        text = "[" + ", ".join(_show(v) for v in value) + "]"
-    elif isinstance(value, dict):
-        text = "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
-    else:
-        text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _level_factors(model_cfg: Mapping[str, Any]) -> List[int]:
-    out = []
-    for level in range(model_cfg["backbone_arch"][2] + 1):
-        s, w = model_cfg["scale_factor"] ** level, model_cfg["n_mha_win_size"][level]
-        out.append(s * (w // 2) * 2 if w > 1 else s)
-    return out
-
-
-def max_div_factor(model_cfg: Mapping[str, Any]) -> int:
-    """The multiple every padded input length must be: the max over pyramid levels ``l`` of
-    ``s * (w // 2) * 2`` (local window ``w > 1``) or ``s`` (global attention), where
-    ``s = scale_factor ** l`` and ``w = n_mha_win_size[l]`` (a resolved ``cfg["model"]``)."""
-    return max(_level_factors(model_cfg))
-
-
-def _check_cross_fields(cfg: dict, source: str) -> List[str]:
-    """Checks between keys of a type-checked config; also fills modality ``ext``/``primary``."""
-    errs: List[str] = []
-
-    def err(key: str, expected: str, what: str = "config key") -> None:
-        errs.append(f"{what} '{key}' ({source}): {expected}")
-
-    ds, model = cfg["dataset"], cfg["model"]
-    mods = ds["modalities"]
-    seen = set()
-    for i, m in enumerate(mods):
-        if m["name"] in seen:
-            err(f"dataset.modalities[{i}].name",
-                f"expected unique modality names, got {_show(m['name'])} twice")
-        seen.add(m["name"])
-        is_h5 = m["path"].lower().endswith(".h5")
-        if m["ext"] is None:
-            m["ext"] = ".h5" if is_h5 else ".npy"
-        elif (m["ext"] == ".h5") != is_h5:
-            err(f"dataset.modalities[{i}].ext", "expected '.h5' exactly when the path ends in "
-                f".h5, got ext {_show(m['ext'])} with path {_show(m['path'])}")
-    if len(mods) == 1 and not mods[0]["primary"]:
-        mods[0]["primary"] = True
-    primaries = [m["name"] for m in mods if m["primary"]]
-    if len(primaries) != 1:
-        err("dataset.modalities", f"exactly one modality must have primary: true, got "
-            f"{len(primaries)}" + (f" ({', '.join(primaries)})" if primaries else ""))
-    for i, m in enumerate(mods):
-        if m["primary"] and m["rows_per_step"] != 1:
-            err(f"dataset.modalities[{i}].rows_per_step",
-                f"the primary modality must use 1, got {m['rows_per_step']}")
-    if ds["time_grid"] == "stride" and ds["fps"] is None:
-        err("dataset.fps", f"required with dataset.time_grid 'stride': "
-            f"{SCHEMA['dataset']['fps'].doc}", what="missing config key")
-    crop = ds["crop_ratio"]
-    if crop is not None and not 0 < crop[0] <= crop[1]:
-        err("dataset.crop_ratio", f"expected [lo, hi] with 0 < lo <= hi, got {_show(crop)}")
-
-    n_levels = model["backbone_arch"][2] + 1
-    wins, start = model["n_mha_win_size"], model["fpn_start_level"]
-    ranges = model["regression_range"]
-    if len(wins) != n_levels:
-        err("model.n_mha_win_size", f"expected {n_levels} items (1 + model.backbone_arch[2]), got "
-            f"{len(wins)}", what="wrong length for config key")
-    if start >= n_levels:
-        errs.append(f"config key 'model.fpn_start_level' out of range ({source}): expected value "
-                    f"<= {n_levels - 1} (model.backbone_arch[2]), got {start}")
-    elif len(ranges) != n_levels - start:
-        err("model.regression_range", f"expected {n_levels - start} items (1 + "
-            f"model.backbone_arch[2] - model.fpn_start_level), got {len(ranges)}",
-            what="wrong length for config key")
-    for i, pair in enumerate(ranges):
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
-        if not (len(pair) == 2 and numbers and pair[0] < pair[1]):
-            err(f"model.regression_range[{i}]",
-                f"expected a pair [lo, hi] of numbers with lo < hi, got {_show(pair)}")
-    for k in ("embd_dim", "fpn_dim", "head_dim"):
-        if model[k] is not None and model[k] % model["n_head"]:
-            err(f"model.{k}", f"expected a multiple of model.n_head ({model['n_head']}), "
-                f"got {model[k]}")
-    for k in ("embd_kernel_size", "head_kernel_size"):
-        if model[k] % 2 == 0:
-            err(f"model.{k}", f"expected an odd kernel size, got {model[k]}")
-    proj = model["proj_dims"]
-    if proj is not None and model["backbone"] != "fusion":
-        err("model.proj_dims", f"only allowed with model.backbone 'fusion', got backbone "
-            f"{_show(model['backbone'])}")
-    elif proj is not None and len(proj) not in (len(mods), sum(m["rows_per_step"] for m in mods)):
-        groups = sum(m["rows_per_step"] for m in mods)
-        err("model.proj_dims", f"expected {len(mods)} items (one per modality) or {groups} (one per "
-            f"stacked row group), got {len(proj)}", what="wrong length for config key")
-    if model["neck"] == "identity" and model["fpn_dim"] not in (None, model["embd_dim"]):
-        err("model.fpn_dim", f"the identity neck keeps the backbone width: expected null or "
-            f"{model['embd_dim']} (model.embd_dim), got {model['fpn_dim']}")
-    bad_empty = [c for c in cfg["train_cfg"]["head_empty_cls"] if c >= ds["num_classes"]]
-    if bad_empty:
-        err("train_cfg.head_empty_cls", f"expected class ids below dataset.num_classes "
-            f"({ds['num_classes']}), got {bad_empty}")
-    if len(wins) == n_levels:
-        factors = _level_factors(model)
-        bad = [f for f in [max(factors)] + factors if ds["max_seq_len"] % f]
-        if bad:
-            what = "the model's max_div_factor" if bad[0] == max(factors) else \
-                "the stride x window factor of a pyramid level"
-            err("dataset.max_seq_len", f"expected a multiple of {bad[0]} ({what}), "
-                f"got {ds['max_seq_len']}")
-    return errs
-
-
-# ----------------------------------------------------------------------------- derived
 
 def _compute_derived(cfg: Mapping[str, Any]) -> dict:
     dims = [m["dim"] * m["rows_per_step"] for m in cfg["dataset"]["modalities"]]
@@ -482,7 +359,7 @@ def _check_given_derived(given: Any, computed: Mapping[str, Any], source: str) -
         return errs
     if not isinstance(given, dict):
         return [f"wrong type for config key 'derived' ({source}): expected a mapping of keys "
-                f"({', '.join(DERIVED)}), got {_show(given)}"]
+                f"({', '.join(DERIVED)}), got {show_value(given)}"]
     for k, key in _DERIVED_KEYS.items():
         if k not in given:
             continue
@@ -493,7 +370,7 @@ def _check_given_derived(given: Any, computed: Mapping[str, Any], source: str) -
             continue
         if value != computed[k]:
             errs.append(f"config key 'derived.{k}' ({source}): computed from dataset.modalities, "
-                        f"got {_show(value)} but the modalities give {_show(computed[k])}")
+                        f"got {show_value(value)} but the modalities give {show_value(computed[k])}")
     return errs
 
 
@@ -538,7 +415,7 @@ def _apply_override(raw: dict, parts: List[str], value: Any, source: str) -> Non
                 return
             if not isinstance(node[idx], dict):
                 raise UserError(f"wrong type for config key '{name}' ({source}): expected a "
-                                f"mapping, got {_show(node[idx])}")
+                                f"mapping, got {show_value(node[idx])}")
             node, spec, prefix = node[idx], spec.schema, name
             continue
         if part not in spec:
@@ -559,7 +436,7 @@ def _apply_override(raw: dict, parts: List[str], value: Any, source: str) -> Non
         if not isinstance(node[part], want):
             kind = "a list of mappings" if want is list else "a mapping"
             raise UserError(f"wrong type for config key '{name}' ({source}): expected {kind}, got "
-                            f"{_show(node[part])}")
+                            f"{show_value(node[part])}")
         node, spec, prefix = node[part], child_spec, name
 
 
