@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -47,12 +48,12 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
 
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
+    setup_logging(None, rank=int(os.environ.get("RANK", "0")))  # console only until the run folder exists
     cfg = load_config(args.config, args.opt or [])
     device_name = resolve_device(args.device)
     dist = init_distributed(device_name)
     device = dist.device
 
-    setup_logging(None, rank=dist.rank)  # console only until the run folder exists
     resume_ckpt = load_checkpoint(args.resume) if args.resume else None
     if resume_ckpt is not None and "ema" not in resume_ckpt:
         raise UserError(f"checkpoint cannot be resumed ({args.resume}): it holds weights only; "

@@ -278,3 +278,23 @@ def test_eval_with_external_class_scores(demo, tmp_path):
     with pytest.raises(UserError, match=valid[1]):
         eval_cli.main(argv(tmp_path / "never_written.json"))
     assert not (tmp_path / "never_written.json").exists()
+
+
+def test_original_config_trains_unchanged_and_logs_the_mapping(demo, caplog):
+    """An original-project YAML (tests/data/original_configs) runs through train.py as it is."""
+    import logging
+    caplog.set_level(logging.INFO)
+    d = demo["data"]
+    argv = [str(ROOT / "tests/data/original_configs/perception_tsl_multi_train.yaml"), "--output", "orig",
+            "--device", "cpu", "--no-progress", "--opt",
+            f"dataset.annotation_file={d / 'annotations.json'}",
+            f"dataset.modalities.0.path={d / 'features' / 'beats'}",
+            f"dataset.modalities.1.path={d / 'features' / 'umt'}",
+            f"output_folder={demo['root'] / 'ckpt'}", "model.embd_dim=16", "model.fpn_dim=16",
+            "model.head_dim=16", "model.n_head=2", "loader.batch_size=4", "loader.num_workers=0",
+            "opt.epochs=1", "opt.warmup_epochs=0"]
+    assert train_cli.main(argv) == 0
+    assert "is an original-project config; mapped to this schema" in caplog.text
+    cfg = load(demo["root"] / "ckpt" / "perception_tsl_multi_train_orig" / "epoch_001.pth.tar")["config"]
+    assert cfg["dataset"]["time_grid"] == "stride" and cfg["dataset"]["fps"] == 768.0
+    assert cfg["train"]["ema_warmup"] is False
