@@ -76,6 +76,8 @@ def make_loader(dataset: Any, *, batch_size: int, num_workers: int, is_training:
             logger.warning("training set has %d video(s) per process, fewer than batch_size %d: "
                            "no full batch (drop_last)", len(sampler), batch_size)
     workers = int(num_workers)
+    if workers > 0 and hasattr(dataset, "prefill_cache"):
+        dataset.prefill_cache()  # one cache shared by the workers, not one per worker
     return DataLoader(
         dataset,
         batch_size=batch_size,

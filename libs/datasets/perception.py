@@ -9,12 +9,14 @@ when the dataset is built, and a video's data is never replaced by another video
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Dict, List, Mapping, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from libs.core.errors import UserError, format_problems
 
@@ -165,6 +167,19 @@ class PerceptionDataset(Dataset):
         if self.use_cache:
             self._cache[index] = (feats, grid)
         return feats, grid
+
+    def prefill_cache(self) -> None:
+        """Assemble every video once in this process, so that DataLoader workers started later
+        share the filled cache (fork, copy-on-write) instead of each filling a copy of its own."""
+        if not self.use_cache or len(self._cache) == len(self.videos):
+            return
+        start = time.time()
+        for index in tqdm(range(len(self.videos)), desc="caching features", leave=False,
+                          dynamic_ncols=True):
+            self.assemble(index)
+        nbytes = sum(f.numel() * f.element_size() for f, _ in self._cache.values())
+        logger.info("cached the features of %d videos (%.1f MiB) in %.1f s", len(self._cache),
+                    nbytes / 2 ** 20, time.time() - start)
 
     def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Dict[str, Any]:
         if isinstance(key, (tuple, list)):
