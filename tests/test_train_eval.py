@@ -298,3 +298,14 @@ def test_original_config_trains_unchanged_and_logs_the_mapping(demo, caplog):
     cfg = load(demo["root"] / "ckpt" / "perception_tsl_multi_train_orig" / "epoch_001.pth.tar")["config"]
     assert cfg["dataset"]["time_grid"] == "stride" and cfg["dataset"]["fps"] == 768.0
     assert cfg["train"]["ema_warmup"] is False
+
+
+def test_eval_of_a_video_longer_than_the_point_buffers_is_a_user_error(demo, tmp_path):
+    exp = run_train(demo, "long")
+    # without force_upsampling a video keeps its BEATs rows (~50/s, > 192 cells for 4-6 s)
+    argv = [str(ROOT / "configs/demo_tsl_valid.yaml"), str(exp), "--saveonly", "--out",
+            str(tmp_path / "x.json"), "--device", "cpu", "--no-progress", "--opt",
+            *tiny_opts(demo, **{"dataset.force_upsampling": False})]
+    with pytest.raises(UserError, match="model.max_buffer_len_factor"):
+        eval_cli.main(argv)
+    assert not (tmp_path / "x.json").exists()

@@ -139,6 +139,14 @@ def predict(model: nn.Module, loader, test_cfg: dict, device: torch.device,
     start = time.time()
     for batch in tqdm(loader, desc="inference", leave=False, disable=not show_progress,
                       dynamic_ncols=True):
+        limit = core.point_generator.max_buffer_len
+        if batch["feats"].shape[-1] > limit:
+            lengths = batch["masks"].sum(dim=(1, 2)).tolist()
+            long = [f"{v} ({int(n)} cells)" for v, n in zip(batch["video_ids"], lengths) if n > limit]
+            raise UserError(f"video too long for the model ({', '.join(long) or batch['video_ids'][0]}): "
+                            f"expected at most {limit:g} grid cells (dataset.max_seq_len x "
+                            f"model.max_buffer_len_factor); raise model.max_buffer_len_factor or use "
+                            f"dataset.force_upsampling")
         feats = batch["feats"].to(device, non_blocking=True)
         masks = batch["masks"].to(device, non_blocking=True)
         outputs = core(feats, masks)
