@@ -113,3 +113,22 @@ def test_loader_with_workers_prefills_one_shared_cache(tmp_path):
     assert len(ds._cache) == len(ds)          # filled before the worker starts
     ids = [vid for batch in loader for vid in batch["video_ids"]]
     assert ids == [v.video_id for v in ds.videos]
+
+
+def test_inference_batches_group_equal_padded_lengths_in_order():
+    from libs.datasets.loader import length_grouped_batches
+
+    class Lengths:
+        def __init__(self, lengths):
+            self.lengths = lengths
+
+        def __len__(self):
+            return len(self.lengths)
+
+        def grid_length(self, i):
+            return self.lengths[i]
+
+    # max_seq_len 96, max_div_factor 96: <= 96 -> 96, 97..192 -> 192, 193..288 -> 288
+    ds = Lengths([50, 96, 150, 100, 20, 30, 40, 300])
+    assert length_grouped_batches(ds, 2, 96, 96) == [[0, 1], [2, 3], [4, 5], [6], [7]]
+    assert length_grouped_batches(ds, 8, 96, 96) == [[0, 1], [2, 3], [4, 5, 6], [7]]

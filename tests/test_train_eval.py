@@ -155,6 +155,29 @@ def test_eval_batch_size_does_not_change_detections(demo, tmp_path):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=0, atol=1e-5)
 
 
+def test_batch_size_invariance_holds_for_unequal_lengths_too(demo, tmp_path):
+    """Without force_upsampling videos keep their own lengths (> max_seq_len): the inference
+    batches group equal padded lengths, so batch size 1 and 4 still agree."""
+    exp = run_train(demo, "lengths")
+    outs = []
+    for bs in (1, 4):
+        out = tmp_path / f"bs{bs}.json"
+        argv = [str(ROOT / "configs/demo_tsl_valid.yaml"), str(exp), "--saveonly", "--out", str(out),
+                "--device", "cpu", "--no-progress", "--opt",
+                *tiny_opts(demo, **{"loader.eval_batch_size": bs, "dataset.force_upsampling": False,
+                                    "model.max_buffer_len_factor": 6.0,
+                                    # global attention (same weights): max_div_factor 32, so the
+                                    # two valid videos (216 and 232 cells) pad to 224 and 256
+                                    "model.n_mha_win_size": "[-1,-1,-1,-1,-1,-1]"})]
+        assert eval_cli.main(argv) == 0
+        outs.append(json.loads(out.read_text()))
+    for vid in outs[0]:
+        a, b = (sorted((int(d["label"]), *d["timestamps"], float(d["score"]))
+                       for d in o[vid]["sound_localisation"]) for o in outs)
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=0, atol=1e-5)
+
+
 def test_saveonly_on_test_split_needs_no_labels(demo, tmp_path):
     exp = run_train(demo, "testsplit")
     out = tmp_path / "test.json"

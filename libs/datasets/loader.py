@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from typing import Any, Iterator, Optional, Sized, Tuple
+from typing import Any, Iterator, List, Optional, Sized, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .collate import collate_batch
+from .collate import collate_batch, padded_length
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,23 @@ class EpochSampler(Sampler):
         return iter([(self.epoch, i) for i in mine])
 
 
+def length_grouped_batches(dataset: Any, batch_size: int, max_seq_len: int,
+                           max_div_factor: int) -> List[List[int]]:
+    """Inference batches in dataset order, each holding videos of one padded length (a new batch
+    starts when the length changes), so that a video's detections do not depend on the batch
+    size: the padded length sets the position embedding's stretch. With force_upsampling every
+    video has max_seq_len cells and the batches are simply consecutive."""
+    batches: List[List[int]] = []
+    last = None
+    for index in range(len(dataset)):
+        length = padded_length(dataset.grid_length(index), max_seq_len, max_div_factor)
+        if not batches or length != last or len(batches[-1]) == batch_size:
+            batches.append([])
+        batches[-1].append(index)
+        last = length
+    return batches
+
+
 def _worker_init(worker_id: int) -> None:
     """Seed python/numpy in each worker from torch's per-worker seed (crops use their own rng)."""
     seed = torch.initial_seed() % 2 ** 31
@@ -78,12 +95,13 @@ def make_loader(dataset: Any, *, batch_size: int, num_workers: int, is_training:
     workers = int(num_workers)
     if workers > 0 and hasattr(dataset, "prefill_cache"):
         dataset.prefill_cache()  # one cache shared by the workers, not one per worker
+    batching: dict = {"batch_size": batch_size, "sampler": sampler, "drop_last": bool(is_training)}
+    if not is_training and hasattr(dataset, "grid_length"):
+        batching = {"batch_sampler": length_grouped_batches(dataset, batch_size, max_seq_len,
+                                                            max_div_factor)}
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        sampler=sampler,
-        drop_last=bool(is_training),
+        **batching,
         num_workers=workers,
         collate_fn=collate,
         worker_init_fn=_worker_init if workers > 0 else None,

@@ -140,6 +140,12 @@ class PerceptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
+    def grid_length(self, index: int) -> int:
+        """Grid cells of the video's assembled features, without assembling them."""
+        if self.force_upsampling:
+            return self.max_seq_len
+        return int(self.sources[self.primary].shape(self.videos[index].video_id)[0])
+
     def assemble(self, index: int) -> Tuple[torch.Tensor, TimeGrid]:
         """The video's ``(C, L)`` float32 features (before cropping) and its time grid."""
         if index in self._cache:
