@@ -1,21 +1,17 @@
 """The synthetic demo dataset (tools/make_demo_data.py): formats, shapes, determinism, CLI."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import tools.demo_signal as sig
+import tools.make_demo_data as mdd
+
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_demo_data",
-                                               ROOT / "tools" / "make_demo_data.py")
-mdd = importlib.util.module_from_spec(_spec)
-sys.modules["make_demo_data"] = mdd
-_spec.loader.exec_module(mdd)
 
 TINY = dict(seed=0, num_train=3, num_valid=2, num_test=2, min_duration=4.0, max_duration=6.0)
 
@@ -65,7 +61,7 @@ def test_annotation_format(tiny):
                 s, e = ev["timestamps"]
                 assert isinstance(s, int) and isinstance(e, int) and 0 <= s < e <= end_us
                 assert isinstance(ev["label_id"], int) and 0 <= ev["label_id"] < k
-                names = mdd.SOUND_CLASSES if task == "sound_localisation" else mdd.ACTION_CLASSES
+                names = sig.SOUND_CLASSES if task == "sound_localisation" else sig.ACTION_CLASSES
                 assert ev["label"] == names[ev["label_id"]]
                 assert len(ev["frame_ids"]) == 2 and ev["parent_objects"] == []
                 assert ("is_visible" in ev) == (task == "sound_localisation")
@@ -81,7 +77,7 @@ def test_feature_shapes(tiny):
         d = nf / 30.0
         beats = np.load(tiny / "features" / "beats" / f"{vid}.npy")
         n_a = 8 * int(np.floor((100 * d - 2) / 16 + 1e-9))
-        assert beats.dtype == np.float32 and beats.shape == (n_a, 768) == (mdd.beats_rows(nf), 768)
+        assert beats.dtype == np.float32 and beats.shape == (n_a, 768) == (sig.beats_rows(nf), 768)
         assert abs(beats.shape[0] / d - 50) < 4
         for fam in ("umt", "videomae"):
             x = torch.load(tiny / "features" / fam / f"{vid}.pt")
@@ -93,24 +89,24 @@ def test_feature_shapes(tiny):
 def test_row_formulas():
     for nf in range(30, 1000):
         d = nf / 30.0
-        assert mdd.beats_rows(nf) == 8 * int(np.floor((100 * d - 2) / 16 + 1e-9))
-        assert mdd.video_rows(nf) == max(1, int(np.floor(7.5 * d + 1e-9)))
+        assert sig.beats_rows(nf) == 8 * int(np.floor((100 * d - 2) / 16 + 1e-9))
+        assert sig.video_rows(nf) == max(1, int(np.floor(7.5 * d + 1e-9)))
 
 
 def test_event_sampler_overlaps_and_pairs():
     """Default-size statistics: 20-30% of videos have an overlap of different classes."""
     rng = np.random.default_rng(0)
-    n, p = 400, mdd.PARAMS
+    n, p = 400, sig.PARAMS
     overl = {"sound": 0, "action": 0}
     same_nearby = 0
     for _ in range(n):
         d = rng.uniform(8, 16)
         for kind, k, count, length in (("sound", 12, p.sound_count, p.sound_length_s),
                                        ("action", 16, p.action_count, p.action_length_s)):
-            evs = mdd.sample_events(rng, d, k, count, length)
+            evs = sig.sample_events(rng, d, k, count, length)
             assert all(0 <= e.start < e.end <= d + 1e-9 and 0 <= e.label < k for e in evs)
             assert 2 <= len(evs) <= count[1]
-            overl[kind] += mdd.has_overlap(evs)
+            overl[kind] += sig.has_overlap(evs)
             same_nearby += any(a.label == b.label and 0 < b.start - a.end < 1.0
                                for a, b in zip(evs, evs[1:]))
     for kind, c in overl.items():
@@ -121,9 +117,9 @@ def test_event_sampler_overlaps_and_pairs():
 def test_default_annotation_has_overlaps():
     """The default-size dataset's events (drawn before the features, so no files are needed):
     both task lists have overlaps of different classes in ~20-30% of the videos."""
-    plans = [mdd.plan_video(mdd.video_rng(0, i), 8.0, 16.0) for i in range(64 + 24)]
+    plans = [sig.plan_video(sig.video_rng(0, i), 8.0, 16.0) for i in range(64 + 24)]
     for task in ("sounds", "actions"):
-        frac = np.mean([mdd.has_overlap(getattr(p, task)) for p in plans])
+        frac = np.mean([sig.has_overlap(getattr(p, task)) for p in plans])
         assert 0.1 <= frac <= 0.4, (task, frac)
     assert all(2 <= len(p.sounds) <= 6 and 2 <= len(p.actions) <= 5 for p in plans)
     assert all(8 * 30 <= p.num_frames <= 16 * 30 for p in plans)
@@ -179,7 +175,7 @@ def _inside_single_events(ev: dict, events: list, t: np.ndarray) -> np.ndarray:
 def test_sounds_separable_from_audio_not_video(tiny):
     """A nearest-prototype classifier on single BEATs rows inside sound events beats chance
     (1/12) clearly; UMT rows (where visible sounds leave only a weak hint) do much worse."""
-    protos = mdd.make_prototypes(0)
+    protos = sig.make_prototypes(0)
     hits = {"audio": [], "video": []}
     for vid, v in _load(tiny).items():
         if v["metadata"]["split"] == "test":
