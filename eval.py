@@ -27,7 +27,7 @@ from libs.utils.checkpoint import find_checkpoint, load_checkpoint
 from libs.utils.compat_ckpt import convert_original_checkpoint, is_original_checkpoint
 from libs.utils.distributed import add_device_arg, resolve_device
 from libs.utils.ext_scores import apply_ext_scores, check_ext_coverage, load_ext_scores
-from libs.utils.fusion import prepare_raw_dir, raw_candidate_hook, write_raw_meta
+from libs.utils.raw_candidates import prepare_raw_dir, raw_candidate_hook, write_raw_meta
 from libs.utils.logging_utils import setup_logging
 from libs.utils.seed import fix_random_seed
 from libs.utils.submission import detections_to_submission, write_json

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from libs.core.errors import UserError
-from libs.utils.fusion import (NmsSettings, check_compatible, detections_list, fuse_pool,
-                               load_raw_dir, pool_candidates, prepare_raw_dir, raw_candidate_hook,
-                               run_nms, save_raw_candidates, weighted_segment_fusion,
-                               write_raw_meta)
+from libs.utils.fusion import (check_compatible, detections_list, fuse_pool, pool_candidates,
+                               run_nms, weighted_segment_fusion)
+from libs.utils.nms import NmsSettings
+from libs.utils.raw_candidates import (load_raw_dir, prepare_raw_dir, raw_candidate_hook,
+                                       save_raw_candidates, write_raw_meta)
 from libs.utils.metrics import GroundTruth, evaluate_map, predictions_from_detections
 from libs.utils.nms import batched_nms
 from libs.utils.submission import load_submission

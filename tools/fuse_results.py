@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.core.errors import UserError, run_cli  # noqa: E402
 from libs.datasets.annotations import load_annotations  # noqa: E402
-from libs.utils.fusion import (NmsSettings, check_compatible, check_weights,  # noqa: E402
-                               detections_list, fuse_pool, load_raw_dir, run_nms,
-                               union_video_ids, weighted_segment_fusion)
+from libs.utils.fusion import (check_compatible, check_weights, detections_list,  # noqa: E402
+                               fuse_pool, run_nms, union_video_ids, weighted_segment_fusion)
+from libs.utils.nms import NmsSettings  # noqa: E402
+from libs.utils.raw_candidates import load_raw_dir  # noqa: E402
 from libs.utils.metrics import (DEFAULT_TIOU_THRESHOLDS, MetricResult, evaluate_map,  # noqa: E402
                                 ground_truth_from_records, predictions_from_detections)
 from libs.utils.submission import detections_to_submission, write_json  # noqa: E402

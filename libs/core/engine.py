@@ -18,7 +18,7 @@ from libs.core.errors import UserError
 from libs.modeling.assign import assign_targets
 from libs.modeling.decode import decode_candidates
 from libs.modeling.losses import LossNormalizer, detection_losses, per_video_nonfinite
-from libs.utils.nms import batched_nms_videos
+from libs.utils.nms import NmsSettings, batched_nms_videos
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +126,7 @@ def predict(model: nn.Module, loader, test_cfg: dict, device: torch.device,
     """
     model.eval()
     core = unwrap(model)
-    method = test_cfg["nms_method"]
-    nms_kwargs = dict(
-        iou_threshold=test_cfg["iou_threshold"], min_score=test_cfg["min_score"],
-        max_seg_num=test_cfg["max_seg_num"], use_soft_nms=method != "hard",
-        multiclass=test_cfg["multiclass_nms"], sigma=test_cfg["nms_sigma"],
-        voting_thresh=test_cfg["voting_thresh"],
-        soft_method="linear" if method == "linear" else "gaussian",
-        backend=test_cfg["nms_backend"])
+    nms_kwargs = NmsSettings.from_test_cfg(test_cfg).to_dict()
     on_gpu = device.type == "cuda" and test_cfg["nms_backend"] in ("auto", "cuda")
     results: List[dict] = []
     start = time.time()

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -348,3 +349,29 @@ def batched_nms(segs: Tensor, scores: Tensor, labels: Tensor, iou_threshold: flo
     return batched_nms_videos([(segs, scores, labels)], iou_threshold, min_score, max_seg_num,
                               use_soft_nms, multiclass, sigma, voting_thresh,
                               soft_method=soft_method, backend=backend)[0]
+
+
+@dataclass(frozen=True)
+class NmsSettings:
+    """NMS parameters of :func:`libs.utils.nms.batched_nms` (defaults: the original fusion)."""
+    iou_threshold: float = 0.1
+    min_score: float = 0.001
+    max_seg_num: int = 500
+    use_soft_nms: bool = True
+    multiclass: bool = True
+    sigma: float = 0.4
+    voting_thresh: float = 0.9
+    soft_method: str = "gaussian"
+    backend: str = "auto"
+
+    @classmethod
+    def from_test_cfg(cls, test_cfg: Mapping[str, Any]) -> "NmsSettings":
+        """From a config's ``test_cfg`` (as ``libs/core/engine.py: predict`` reads it)."""
+        method = test_cfg["nms_method"]
+        return cls(float(test_cfg["iou_threshold"]), float(test_cfg["min_score"]),
+                   int(test_cfg["max_seg_num"]), method != "hard", bool(test_cfg["multiclass_nms"]),
+                   float(test_cfg["nms_sigma"]), float(test_cfg["voting_thresh"]),
+                   "linear" if method == "linear" else "gaussian", str(test_cfg["nms_backend"]))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
