@@ -136,46 +136,45 @@ def test_eval_writes_submission_and_metrics_and_refuses_overwrite(demo, capsys):
     assert eval_cli.main([cfg, str(exp), "-epoch", "1", "--overwrite", *base]) == 0
 
 
-def test_eval_batch_size_does_not_change_detections(demo, tmp_path):
-    exp = run_train(demo, "batch")
-    cfg = str(ROOT / "configs/demo_tsl_valid.yaml")
+def predictions_per_batch_size(demo, tmp_path, exp, sizes, **opts) -> list:
+    """eval.py --saveonly with each loader.eval_batch_size in ``sizes``; the submissions."""
     outs = []
-    for bs in (1, 2):
+    for bs in sizes:
         out = tmp_path / f"bs{bs}.json"
-        argv = [cfg, str(exp / "epoch_002.pth.tar"), "--saveonly", "--out", str(out), "--device", "cpu",
-                "--no-progress", "--opt", *tiny_opts(demo, **{"loader.eval_batch_size": bs})]
+        argv = [str(ROOT / "configs/demo_tsl_valid.yaml"), str(exp), "--saveonly", "--out", str(out),
+                "--device", "cpu", "--no-progress", "--opt",
+                *tiny_opts(demo, **{"loader.eval_batch_size": bs, **opts})]
         assert eval_cli.main(argv) == 0
         outs.append(json.loads(out.read_text()))
-    # the same detections; batched conv/matmul kernels may round differently (~1e-8)
-    assert outs[0].keys() == outs[1].keys()
-    for vid in outs[0]:
+    return outs
+
+
+def assert_same_detections(a_sub: dict, b_sub: dict) -> None:
+    """The same detections per video; batched conv/matmul kernels may round differently (~1e-8)."""
+    assert a_sub.keys() == b_sub.keys()
+    for vid in a_sub:
         a, b = (sorted((int(d["label"]), *d["timestamps"], float(d["score"]))
-                       for d in o[vid]["sound_localisation"]) for o in outs)
+                       for d in o[vid]["sound_localisation"]) for o in (a_sub, b_sub))
         assert len(a) == len(b) > 0
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=0, atol=1e-5)
+
+
+def test_eval_batch_size_does_not_change_detections(demo, tmp_path):
+    exp = run_train(demo, "batch")
+    assert_same_detections(*predictions_per_batch_size(demo, tmp_path, exp, (1, 2)))
 
 
 def test_batch_size_invariance_holds_for_unequal_lengths_too(demo, tmp_path):
     """Without force_upsampling videos keep their own lengths (> max_seq_len): the inference
     batches group equal padded lengths, so batch size 1 and 4 still agree."""
     exp = run_train(demo, "lengths")
-    outs = []
-    for bs in (1, 4):
-        out = tmp_path / f"bs{bs}.json"
-        argv = [str(ROOT / "configs/demo_tsl_valid.yaml"), str(exp), "--saveonly", "--out", str(out),
-                "--device", "cpu", "--no-progress", "--opt",
-                *tiny_opts(demo, **{"loader.eval_batch_size": bs, "dataset.force_upsampling": False,
-                                    "model.max_buffer_len_factor": 6.0,
-                                    # global attention (same weights): max_div_factor 32, so the
-                                    # two valid videos (216 and 232 cells) pad to 224 and 256
-                                    "model.n_mha_win_size": "[-1,-1,-1,-1,-1,-1]"})]
-        assert eval_cli.main(argv) == 0
-        outs.append(json.loads(out.read_text()))
-    for vid in outs[0]:
-        a, b = (sorted((int(d["label"]), *d["timestamps"], float(d["score"]))
-                       for d in o[vid]["sound_localisation"]) for o in outs)
-        assert len(a) == len(b) > 0
-        np.testing.assert_allclose(np.array(a), np.array(b), rtol=0, atol=1e-5)
+    # global attention (same weights): max_div_factor 32, so the two valid videos (216 and 232
+    # cells) pad to 224 and 256
+    outs = predictions_per_batch_size(
+        demo, tmp_path, exp, (1, 4), **{"dataset.force_upsampling": False,
+                                        "model.max_buffer_len_factor": 6.0,
+                                        "model.n_mha_win_size": "[-1,-1,-1,-1,-1,-1]"})
+    assert_same_detections(*outs)
 
 
 def test_saveonly_on_test_split_needs_no_labels(demo, tmp_path):
