@@ -98,7 +98,7 @@ def main(argv: Optional[list] = None) -> int:
     best_map = -1.0
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["state_dict"])
-        ema.load_state_dict(resume_ckpt["ema"])
+        ema.load_state_dict({**resume_ckpt["ema"], "state_dict": resume_ckpt["state_dict_ema"]})
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         normalizer.load_state_dict(resume_ckpt["loss_normalizer"])
@@ -133,11 +133,15 @@ def main(argv: Optional[list] = None) -> int:
                      100 * avg_map, " ".join(f"{t:.1f}:{100 * m:.2f}" for t, m in
                                              zip(metrics.tiou_thresholds, metrics.map_per_tiou)))
             writer.add_scalar("validation/average_mAP", avg_map, state.epoch)
+            for t, m in zip(metrics.tiou_thresholds, metrics.map_per_tiou):
+                writer.add_scalar(f"validation/mAP@{t:.1f}", m, state.epoch)
         if dist.rank == 0 and (state.epoch % cfg["train"]["ckpt_freq"] == 0 or last or avg_map is not None):
             ckpt = {
                 "epoch": state.epoch, "global_step": state.global_step,
                 "state_dict": unwrap(model).state_dict(), "state_dict_ema": ema.module.state_dict(),
-                "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                # EMA bookkeeping only: its weights are state_dict_ema (not stored twice)
+                "ema": {k: v for k, v in ema.state_dict().items() if k != "state_dict"},
+                "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "loss_normalizer": normalizer.state_dict(),
                 "rng_state": get_rng_state(), "config": cfg,
                 "label_map": {int(k): v for k, v in train_set.label_names.items()},
