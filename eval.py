@@ -100,6 +100,9 @@ def main(argv: Optional[list] = None) -> int:
     log.info("loaded %s weights of %s (epoch %d), %s parameters", "raw" if args.no_ema else "EMA",
              ckpt_path, epoch, f"{count_parameters(model):,}")
     dataset = PerceptionDataset(cfg, splits, is_training=False)
+    if not args.saveonly and not any(v.num_events for v in dataset.videos):
+        raise UserError(f"no ground truth in split {'+'.join(splits)} ({cfg['dataset']['annotation_file']}): "
+                        f"pass --saveonly to write the submission without scoring it")
     ext_file = cfg["test_cfg"]["ext_score_file"]
     ext = load_ext_scores(ext_file, cfg["dataset"]["num_classes"]) if ext_file else None
     if ext is not None:  # checked before predicting: a bad file fails fast

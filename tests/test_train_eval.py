@@ -186,6 +186,10 @@ def test_saveonly_on_test_split_needs_no_labels(demo, tmp_path):
     sub = json.loads(out.read_text())
     assert len(sub) == 2 and all("sound_localisation" in v for v in sub.values())
     assert not Path(str(out.with_suffix("")) + "_metrics.json").exists()
+    # without --saveonly a split with no labels is refused before anything is predicted
+    with pytest.raises(UserError, match="--saveonly"):
+        eval_cli.main([argv[0], argv[1], "--out", str(tmp_path / "t2.json"), *argv[5:]])
+    assert not (tmp_path / "t2.json").exists()
 
 
 def test_non_finite_loss_stops_with_video_ids_and_keeps_checkpoint(demo, tmp_path):
