@@ -84,6 +84,8 @@ def main(argv: Optional[list] = None) -> int:
     if dist.rank == 0:
         prepare_experiment_dir(exp, resume=resume_ckpt is not None)
         setup_logging(exp / "train.log", rank=dist.rank)
+        if (exp / "config.yaml").exists():
+            log.info("resuming: %s replaced by the config of this run", exp / "config.yaml")
         dump_config(cfg, exp / "config.yaml")
     log.info("experiment folder: %s", exp)
 
