@@ -27,7 +27,7 @@ from libs.modeling import Detector  # noqa: E402
 from libs.modeling.decode import decode_candidates  # noqa: E402
 from libs.modeling.losses import LossNormalizer  # noqa: E402
 from libs.utils.ema import ModelEma  # noqa: E402
-from libs.utils.nms import batched_nms_videos  # noqa: E402
+from libs.utils.nms import NmsSettings, batched_nms_videos  # noqa: E402
 from libs.utils.optim import make_optimizer  # noqa: E402
 
 
@@ -78,9 +78,7 @@ def bench(config: str, device: torch.device, iters: int, batch: int) -> dict:
         if device.type != "cuda":
             cands = [{k: v.cpu() for k, v in c.items()} for c in cands]
         batched_nms_videos([(c["segments"], c["scores"], c["labels"]) for c in cands],
-                           iou_threshold=tc["iou_threshold"], min_score=tc["min_score"],
-                           max_seg_num=tc["max_seg_num"], use_soft_nms=True, multiclass=True,
-                           sigma=tc["nms_sigma"], voting_thresh=0.0)
+                           **NmsSettings.from_test_cfg(tc).to_dict())
 
     result = {"config": Path(config).stem, "params": count_parameters(model)}
     for name, step in (("train", train_step), ("infer", infer_step)):

@@ -128,11 +128,11 @@ def predict(model: nn.Module, loader, test_cfg: dict, device: torch.device,
     core = unwrap(model)
     nms_kwargs = NmsSettings.from_test_cfg(test_cfg).to_dict()
     on_gpu = device.type == "cuda" and test_cfg["nms_backend"] in ("auto", "cuda")
+    limit = core.point_generator.max_buffer_len  # longest input (grid cells) the points cover
     results: List[dict] = []
     start = time.time()
     for batch in tqdm(loader, desc="inference", leave=False, disable=not show_progress,
                       dynamic_ncols=True):
-        limit = core.point_generator.max_buffer_len
         if batch["feats"].shape[-1] > limit:
             lengths = batch["masks"].sum(dim=(1, 2)).tolist()
             long = [f"{v} ({int(n)} cells)" for v, n in zip(batch["video_ids"], lengths) if n > limit]

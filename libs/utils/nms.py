@@ -366,7 +366,7 @@ class NmsSettings:
 
     @classmethod
     def from_test_cfg(cls, test_cfg: Mapping[str, Any]) -> "NmsSettings":
-        """From a config's ``test_cfg`` (as ``libs/core/engine.py: predict`` reads it)."""
+        """From a config's ``test_cfg`` (used by ``engine.predict`` and the fusion tool)."""
         method = test_cfg["nms_method"]
         return cls(float(test_cfg["iou_threshold"]), float(test_cfg["min_score"]),
                    int(test_cfg["max_seg_num"]), method != "hard", bool(test_cfg["multiclass_nms"]),
