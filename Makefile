@@ -44,4 +44,4 @@ bench: venv ext
 	$(PY) benchmarks/bench_nms.py --quick
 
 clean-ext:
-	rm -rf build libs/utils/*.so
+	rm -rf build libs/ops/*.so

@@ -17,20 +17,21 @@ from typing import Optional
 
 import torch
 
-from libs.core.config import add_config_args, load_config
-from libs.core.engine import count_parameters, nms_settings_summary
-from libs.core.errors import UserError, run_cli
-from libs.core.validation import default_output_paths, predict_dataset, score_detections
+from libs.config.loader import add_config_args, load_config
+from libs.evaluation.predict import nms_settings_summary
+from libs.modeling.detector import count_parameters
+from libs.common.errors import UserError, run_cli
+from libs.evaluation.validation import default_output_paths, predict_dataset, score_detections
 from libs.datasets import PerceptionDataset
 from libs.modeling import Detector
-from libs.utils.checkpoint import find_checkpoint, load_checkpoint
-from libs.utils.compat_ckpt import convert_original_checkpoint, is_original_checkpoint
-from libs.utils.distributed import add_device_arg, resolve_device
-from libs.utils.ext_scores import apply_ext_scores, check_ext_coverage, load_ext_scores
-from libs.utils.raw_candidates import prepare_raw_dir, raw_candidate_hook, write_raw_meta
-from libs.utils.logging_utils import setup_logging
-from libs.utils.seed import fix_random_seed
-from libs.utils.submission import detections_to_submission, write_json
+from libs.common.checkpoints import find_checkpoint, load_checkpoint
+from libs.interop.original_checkpoint import convert_original_checkpoint, is_original_checkpoint
+from libs.common.distributed import add_device_arg, resolve_device
+from libs.evaluation.ext_scores import apply_ext_scores, check_ext_coverage, load_ext_scores
+from libs.evaluation.raw_candidates import prepare_raw_dir, raw_candidate_hook, write_raw_meta
+from libs.common.logs import setup_logging
+from libs.common.seed import fix_random_seed
+from libs.evaluation.submission import detections_to_submission, write_json
 
 log = logging.getLogger("eval")
 

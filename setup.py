@@ -1,10 +1,10 @@
-"""Build the 1-D NMS extension ``libs.utils._nms_ext`` in place (nothing else is packaged here).
+"""Build the 1-D NMS extension ``libs.ops._nms_ext`` in place (nothing else is packaged here).
 
     python setup.py build_ext --inplace
 
 CPU kernel always; the CUDA kernel too when a CUDA toolkit is found (``CUDA_HOME`` set by torch
 and ``nvcc`` present), or skipped cleanly otherwise. ``NMS_FORCE_CPU=1`` skips CUDA even when
-nvcc is there. See libs/utils/csrc/README.md.
+nvcc is there. See libs/ops/csrc/README.md.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 from setuptools import setup
 from torch.utils import cpp_extension
 
-CSRC = os.path.join("libs", "utils", "csrc")
+CSRC = os.path.join("libs", "ops", "csrc")
 
 
 def _cuda_available() -> bool:
@@ -29,10 +29,10 @@ def _extension():
     if _cuda_available():
         sources.append(os.path.join(CSRC, "nms_cuda.cu"))
         extra["nvcc"] = ["-O3"]
-        return cpp_extension.CUDAExtension("libs.utils._nms_ext", sources,
+        return cpp_extension.CUDAExtension("libs.ops._nms_ext", sources,
                                            define_macros=[("WITH_CUDA", None)],
                                            extra_compile_args=extra)
-    return cpp_extension.CppExtension("libs.utils._nms_ext", sources, extra_compile_args=extra)
+    return cpp_extension.CppExtension("libs.ops._nms_ext", sources, extra_compile_args=extra)
 
 
 setup(

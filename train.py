@@ -16,21 +16,24 @@ from typing import Optional
 
 from torch.nn.parallel import DistributedDataParallel
 
-from libs.core.config import add_config_args, dump_config, load_config
-from libs.core.engine import TrainState, count_parameters, train_one_epoch, unwrap
-from libs.core.errors import UserError, run_cli
-from libs.core.validation import evaluate_model
+from libs.config.loader import add_config_args, dump_config, load_config
+from libs.common.distributed import unwrap_model
+from libs.modeling.detector import count_parameters
+from libs.training.loop import TrainState, train_one_epoch
+from libs.common.errors import UserError, run_cli
+from libs.evaluation.validation import evaluate_model
 from libs.datasets import PerceptionDataset, make_loader, set_loader_epoch
 from libs.modeling import Detector
 from libs.modeling.losses import LossNormalizer
-from libs.utils.checkpoint import (experiment_dir, load_checkpoint, prepare_experiment_dir,
+from libs.common.checkpoints import (experiment_dir, load_checkpoint, prepare_experiment_dir,
                                    save_checkpoint)
-from libs.utils.distributed import add_device_arg, cleanup, init_distributed, resolve_device
-from libs.utils.ema import ModelEma
-from libs.utils.logging_utils import TensorboardWriter, setup_logging
-from libs.utils.optim import make_optimizer
-from libs.utils.scheduler import make_scheduler, num_epochs
-from libs.utils.seed import fix_random_seed, get_rng_state, set_rng_state
+from libs.common.distributed import add_device_arg, cleanup, init_distributed, resolve_device
+from libs.training.ema import ModelEma
+from libs.common.logs import setup_logging
+from libs.training.tensorboard import TensorboardWriter
+from libs.training.optim import make_optimizer
+from libs.training.scheduler import make_scheduler, num_epochs
+from libs.common.seed import fix_random_seed, get_rng_state, set_rng_state
 
 log = logging.getLogger("train")
 
@@ -129,7 +132,7 @@ def main(argv: Optional[list] = None) -> int:
         is_eval = val_set is not None and (state.epoch % cfg["train"]["eval_freq"] == 0 or last)
         avg_map = None
         if is_eval and dist.rank == 0:
-            metrics = evaluate_model(ema.module, val_set, cfg, device, unwrap(model).max_div_factor)
+            metrics = evaluate_model(ema.module, val_set, cfg, device, unwrap_model(model).max_div_factor)
             avg_map = metrics.average_map
             log.info("epoch %d validation (EMA weights): average mAP %.2f%% | %s", state.epoch,
                      100 * avg_map, " ".join(f"{t:.1f}:{100 * m:.2f}" for t, m in
@@ -140,7 +143,7 @@ def main(argv: Optional[list] = None) -> int:
         if dist.rank == 0 and (state.epoch % cfg["train"]["ckpt_freq"] == 0 or last or avg_map is not None):
             ckpt = {
                 "epoch": state.epoch, "global_step": state.global_step,
-                "state_dict": unwrap(model).state_dict(), "state_dict_ema": ema.module.state_dict(),
+                "state_dict": unwrap_model(model).state_dict(), "state_dict_ema": ema.module.state_dict(),
                 # EMA bookkeeping only: its weights are state_dict_ema (not stored twice)
                 "ema": {k: v for k, v in ema.state_dict().items() if k != "state_dict"},
                 "optimizer": optimizer.state_dict(),

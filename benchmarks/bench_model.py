@@ -21,14 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.core.config import load_config  # noqa: E402
-from libs.core.engine import compute_losses, count_parameters  # noqa: E402
+from libs.config.loader import load_config  # noqa: E402
+from libs.training.loop import compute_losses  # noqa: E402
+from libs.modeling.detector import count_parameters  # noqa: E402
 from libs.modeling import Detector  # noqa: E402
 from libs.modeling.decode import decode_candidates  # noqa: E402
 from libs.modeling.losses import LossNormalizer  # noqa: E402
-from libs.utils.ema import ModelEma  # noqa: E402
-from libs.utils.nms import NmsSettings, batched_nms_videos  # noqa: E402
-from libs.utils.optim import make_optimizer  # noqa: E402
+from libs.training.ema import ModelEma  # noqa: E402
+from libs.ops.nms import NmsSettings, batched_nms_videos  # noqa: E402
+from libs.training.optim import make_optimizer  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.utils.nms import batched_nms_videos, built_backends  # noqa: E402
+from libs.ops.nms import batched_nms_videos, built_backends  # noqa: E402
 
 
 def make_split(num_videos: int, num_cands: int, num_classes: int, seed: int = 0):

@@ -2,7 +2,7 @@
 # GPU check of the NMS extension, for a machine with an NVIDIA GPU, nvcc, and a python3 that
 # already has torch (CUDA build), ninja and pytest (no internet needed; the project .venv is not
 # used). Run from anywhere:  bash benchmarks/gpu_check.sh
-#   1. builds libs.utils._nms_ext with the CUDA kernel (fails if CUDA was not compiled in),
+#   1. builds libs.ops._nms_ext with the CUDA kernel (fails if CUDA was not compiled in),
 #   2. runs tests/test_nms.py with the CUDA cases required (NMS_REQUIRE_CUDA=1),
 #   3. times cpp and torch (CPU) against cuda on a full-split-sized input (12 and 63 classes),
 #   4. prints a short summary table LAST.
@@ -23,13 +23,13 @@ command -v nvcc >/dev/null && nvcc --version | tail -1
 # system g++ (GCC 13, as torch) works.
 if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
 echo "== build (CUDA) with ${CXX:-c++}"
-rm -rf build libs/utils/_nms_ext*.so
+rm -rf build libs/ops/_nms_ext*.so
 t0=$SECONDS
 if ! "$PY" setup.py build_ext --inplace >"$LOG/build.log" 2>&1; then
   tail -40 "$LOG/build.log"; fail "build"
 fi
 build_s=$((SECONDS - t0))
-"$PY" -c "import torch, libs.utils._nms_ext as e, sys; sys.exit(0 if e.with_cuda() else 1)" \
+"$PY" -c "import torch, libs.ops._nms_ext as e, sys; sys.exit(0 if e.with_cuda() else 1)" \
   || { tail -20 "$LOG/build.log"; fail "extension built without CUDA (is nvcc / CUDA_HOME found by torch?)"; }
 echo "built with CUDA in ${build_s}s"
 

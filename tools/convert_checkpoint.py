@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.core.config import add_config_args, load_config  # noqa: E402
-from libs.core.errors import UserError, run_cli  # noqa: E402
+from libs.config.loader import add_config_args, load_config  # noqa: E402
+from libs.common.errors import UserError, run_cli  # noqa: E402
 from libs.modeling import Detector  # noqa: E402
-from libs.utils.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from libs.utils.compat_ckpt import (convert_original_checkpoint,  # noqa: E402
+from libs.common.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from libs.interop.original_checkpoint import (convert_original_checkpoint,  # noqa: E402
                                     is_original_checkpoint)
 
 log = logging.getLogger("convert_checkpoint")

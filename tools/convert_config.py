@@ -20,10 +20,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.core import compat  # noqa: E402
-from libs.core.config import _StrictLoader, add_config_args, config_to_yaml, resolve_config  # noqa: E402
-from libs.core.errors import UserError, run_cli  # noqa: E402
-from libs.utils.io import atomic_write_text  # noqa: E402
+from libs.config import original as compat  # noqa: E402
+from libs.config.loader import _StrictLoader, add_config_args, config_to_yaml, resolve_config  # noqa: E402
+from libs.common.errors import UserError, run_cli  # noqa: E402
+from libs.common.io import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger("convert_config")
 

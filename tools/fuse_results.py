@@ -7,7 +7,7 @@
 
 ``pool``: all runs' pre-NMS candidates (scores x weight) go through one NMS per video (the
 original's post-fusion). ``wbf``: each run goes through the NMS alone, then 1-D weighted box
-fusion (``libs/utils/fusion.py``). The submission (SPEC s.6) holds every video of the runs (and of
+fusion (``libs/evaluation/fusion.py``). The submission (SPEC s.6) holds every video of the runs (and of
 the split, with --annotations). With --annotations, the metric of each run (after its own NMS with
 the same settings) and of the fusion is printed and written to ``<out stem>_metrics.json``.
 """
@@ -24,15 +24,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.core.errors import UserError, run_cli  # noqa: E402
+from libs.common.errors import UserError, run_cli  # noqa: E402
 from libs.datasets.annotations import load_annotations  # noqa: E402
-from libs.utils.fusion import (check_compatible, check_weights, detections_list,  # noqa: E402
+from libs.evaluation.fusion import (check_compatible, check_weights, detections_list,  # noqa: E402
                                fuse_pool, run_nms, union_video_ids, weighted_segment_fusion)
-from libs.utils.nms import NmsSettings  # noqa: E402
-from libs.utils.raw_candidates import load_raw_dir  # noqa: E402
-from libs.utils.metrics import (DEFAULT_TIOU_THRESHOLDS, MetricResult, evaluate_map,  # noqa: E402
+from libs.ops.nms import NmsSettings  # noqa: E402
+from libs.evaluation.raw_candidates import load_raw_dir  # noqa: E402
+from libs.evaluation.metrics import (DEFAULT_TIOU_THRESHOLDS, MetricResult, evaluate_map,  # noqa: E402
                                 ground_truth_from_records, predictions_from_detections)
-from libs.utils.submission import detections_to_submission, write_json  # noqa: E402
+from libs.evaluation.submission import detections_to_submission, write_json  # noqa: E402
 
 logger = logging.getLogger("fuse_results")
 

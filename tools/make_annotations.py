@@ -42,9 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from libs.core.errors import UserError, format_problems, run_cli  # noqa: E402
+from libs.common.errors import UserError, format_problems, run_cli  # noqa: E402
 from libs.datasets.features import FeatureProblem, FeatureSource  # noqa: E402
-from libs.utils.submission import write_json  # noqa: E402
+from libs.evaluation.submission import write_json  # noqa: E402
 
 logger = logging.getLogger("make_annotations")
 

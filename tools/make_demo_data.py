@@ -37,7 +37,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `libs` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.core.errors import UserError, run_cli  # noqa: E402
+from libs.common.errors import UserError, run_cli  # noqa: E402
 from tools.demo_signal import (GENERATOR_VERSION, PARAMS, SPLITS, SignalParams,  # noqa: E402
                                make_prototypes, make_video)
 

@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from libs.core.errors import UserError, format_problems, run_cli  # noqa: E402
+from libs.common.errors import UserError, format_problems, run_cli  # noqa: E402
 from libs.datasets.features import load_array  # noqa: E402
-from libs.utils.io import atomic_path  # noqa: E402
+from libs.common.io import atomic_path  # noqa: E402
 
 
 def pack_folder(folder: str, out: str, ext: str = ".npy", overwrite: bool = False,

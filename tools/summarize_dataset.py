@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from libs.core.config import add_config_args, load_config  # noqa: E402
-from libs.core.errors import run_cli  # noqa: E402
+from libs.config.loader import add_config_args, load_config  # noqa: E402
+from libs.common.errors import run_cli  # noqa: E402
 from libs.datasets.perception import PerceptionDataset  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from libs.core.errors import UserError, format_problems
+from libs.common.errors import UserError, format_problems
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from typing import Any, Dict, Sequence
 
 import torch
 
-from libs.core.errors import UserError
+from libs.common.errors import UserError
 
 
 def padded_length(length: int, max_seq_len: int, max_div_factor: int) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from libs.core.errors import UserError
+from libs.common.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from libs.core.errors import UserError, format_problems
+from libs.common.errors import UserError, format_problems
 
 from .annotations import VideoRecord, load_annotations
 from .crop import truncate_feats

@@ -12,7 +12,7 @@ from typing import Any, Mapping, TypeVar
 import numpy as np
 import torch
 
-from libs.core.errors import UserError
+from libs.common.errors import UserError
 
 ArrayT = TypeVar("ArrayT", float, np.ndarray, torch.Tensor)
 

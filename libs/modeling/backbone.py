@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from libs.core.registry import Registry
+from libs.common.registry import Registry
 
 from .blocks import TransformerBlock
 from .layers import MaskedConv1D, maybe_norm

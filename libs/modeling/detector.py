@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from libs.core.errors import UserError
+from libs.common.errors import UserError
 
 from .backbone import build_backbone
 from .heads import ClsHead, RegHead
@@ -158,3 +158,8 @@ def fusion_groups(cfg: Dict[str, Any]) -> tuple:
         return modal_dims, proj_dims
     raise UserError(f"model.proj_dims has {len(proj_dims)} entries (config): expected one per "
                     f"modality ({len(modal_dims)}) or one per stacked row group ({len(row_groups)})")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters of ``model`` (of the module inside a DDP wrapper)."""
+    return sum(p.numel() for p in getattr(model, "module", model).parameters())

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from libs.core.registry import Registry
+from libs.common.registry import Registry
 
 from .layers import MaskedConv1D, maybe_norm
 

@@ -1,0 +1,146 @@
+"""Experiment folders and checkpoint files (SPEC s.4, seed_behaviour s.5.3).
+
+A run writes into ``<output_folder>/<config stem>_<name>/`` where ``name`` is ``--output`` or a
+timestamp ``YYYYmmdd-HHMMSS`` (no spaces or colons, unlike the original). Checkpoints are
+``epoch_NNN.pth.tar`` written atomically: a temp file in the same folder, then ``os.replace``,
+so a crash never leaves a truncated checkpoint under the final name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+
+from libs.common.errors import UserError
+from libs.common.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
+_NAME_BAD = re.compile(r"[^A-Za-z0-9._+-]+")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def checkpoint_name(epoch: int) -> str:
+    """``epoch_{epoch:03d}.pth.tar``."""
+    return f"epoch_{int(epoch):03d}.pth.tar"
+
+
+def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
+    """Write ``state`` with ``torch.save`` atomically to ``path`` (its folder must exist).
+
+    An existing file is replaced (an epoch re-saved after a resume) and an INFO line says so.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot save checkpoint ({path}): folder {folder} does not exist")
+    replaced = path.exists()
+    with atomic_path(path, "checkpoint") as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if replaced:
+        log.info("replaced existing checkpoint %s", path)
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Dict[str, Any]:
+    """Read a checkpoint dict; UserError naming the file if it is missing, unreadable or not a dict.
+
+    ``weights_only=True`` (default) refuses arbitrary pickled objects; our checkpoints hold only
+    tensors and plain Python values. Pass ``False`` only for trusted files with other objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found ({path}): expected an existing .pth.tar file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as err:  # a corrupt file can fail in many ways (pickle, zip, struct, EOF)
+        text = _ANSI.sub("", str(err)).strip()
+        if weights_only and "weights only load failed" in text.lower():
+            raise UserError(f"checkpoint holds arbitrary Python objects ({path}): expected tensors "
+                            "and plain values only (refused for safety)") from err
+        first = text.splitlines()[0][:200] if text else ""
+        raise UserError(f"cannot read checkpoint ({path}): expected a file written by torch.save "
+                        f"({type(err).__name__}{': ' + first if first else ''})") from err
+    if not isinstance(state, dict):
+        raise UserError(f"bad checkpoint ({path}): expected a dict, found {type(state).__name__}")
+    return state
+
+
+def list_checkpoints(folder: PathLike) -> Dict[int, Path]:
+    """``{epoch: path}`` of every ``epoch_<N>.pth.tar`` in ``folder`` (any number of digits)."""
+    found: Dict[int, Path] = {}
+    for p in Path(folder).iterdir():
+        match = _EPOCH_RE.match(p.name)
+        if match and p.is_file():
+            found.setdefault(int(match.group(1)), p)
+    return dict(sorted(found.items()))
+
+
+def find_checkpoint(path: PathLike, epoch: Optional[int] = None) -> Path:
+    """Resolve a checkpoint: a file is used as is; in a folder, ``epoch`` picks
+    ``epoch_{epoch:03d}.pth.tar`` and ``None`` the highest epoch number.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise UserError(f"checkpoint or experiment folder not found ({path}): expected a "
+                        ".pth.tar file or a folder of epoch_NNN.pth.tar files")
+    found = list_checkpoints(path)
+    if not found:
+        raise UserError(f"no checkpoints in folder ({path}): expected epoch_NNN.pth.tar files")
+    if epoch is None:
+        return found[max(found)]
+    if int(epoch) not in found:
+        avail = ", ".join(str(e) for e in found)
+        raise UserError(f"no checkpoint for epoch {epoch} ({path}): available epochs: {avail}")
+    return found[int(epoch)]
+
+
+def timestamp() -> str:
+    """Local time as ``YYYYmmdd-HHMMSS``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime())
+
+
+def experiment_dir(output_folder: PathLike, config_path: PathLike, output_name: Optional[str] = None) -> Path:
+    """``<output_folder>/<config stem>_<output_name or timestamp>``; characters other than
+    letters, digits and ``._+-`` in the name become ``_`` (no spaces, colons or separators).
+    """
+    stem = Path(config_path).name
+    for ext in (".yaml", ".yml"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+    suffix = output_name if output_name not in (None, "") else timestamp()
+    name = _NAME_BAD.sub("_", f"{stem}_{suffix}").strip("_")
+    if name in ("", ".", ".."):
+        raise UserError(f"bad experiment name ({output_name!r}): expected letters, digits or ._+-")
+    return Path(output_folder) / name
+
+
+def prepare_experiment_dir(path: PathLike, resume: bool) -> Path:
+    """Create the experiment folder (with parents) for a fresh run or a resume.
+
+    A fresh run refuses a folder that already holds checkpoints, so two runs never mix; nothing is
+    created when that check fails. Resume inputs (the checkpoint file) must be checked by the
+    caller *before* this call, so a failed resume leaves no empty folder behind.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"experiment folder is a file ({path}): expected a folder")
+    if path.is_dir() and not resume:
+        existing: List[Path] = list(list_checkpoints(path).values())
+        if existing:
+            raise UserError(
+                f"experiment folder already holds checkpoints ({path}): choose another name with "
+                f"--output NAME, or continue that run with --resume {existing[-1]}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

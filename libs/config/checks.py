@@ -1,0 +1,132 @@
+"""Cross-field checks of a resolved config (SPEC s.7): constraints between keys that one key's
+type/range cannot express (one primary modality, window/level counts, divisibility of
+``dataset.max_seq_len``, ...). Each problem is one message naming the key."""
+from __future__ import annotations
+
+from typing import Any, List, Mapping
+
+from libs.config.schema import SCHEMA
+
+
+def show_value(value: Any) -> str:
+    """A value as it reads in an error message (YAML-like, strings quoted, one line)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = repr(value)
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(show_value(v) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k}: {show_value(v)}" for k, v in value.items()) + "}"
+    else:
+        text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _level_factors(model_cfg: Mapping[str, Any]) -> List[int]:
+    out = []
+    for level in range(model_cfg["backbone_arch"][2] + 1):
+        s, w = model_cfg["scale_factor"] ** level, model_cfg["n_mha_win_size"][level]
+        out.append(s * (w // 2) * 2 if w > 1 else s)
+    return out
+
+
+def max_div_factor(model_cfg: Mapping[str, Any]) -> int:
+    """The multiple every padded input length must be: the max over pyramid levels ``l`` of
+    ``s * (w // 2) * 2`` (local window ``w > 1``) or ``s`` (global attention), where
+    ``s = scale_factor ** l`` and ``w = n_mha_win_size[l]`` (a resolved ``cfg["model"]``)."""
+    return max(_level_factors(model_cfg))
+
+
+def check_cross_fields(cfg: dict, source: str) -> List[str]:
+    """Checks between keys of a type-checked config; also fills modality ``ext``/``primary``."""
+    errs: List[str] = []
+
+    def err(key: str, expected: str, what: str = "config key") -> None:
+        errs.append(f"{what} '{key}' ({source}): {expected}")
+
+    ds, model = cfg["dataset"], cfg["model"]
+    mods = ds["modalities"]
+    seen = set()
+    for i, m in enumerate(mods):
+        if m["name"] in seen:
+            err(f"dataset.modalities[{i}].name",
+                f"expected unique modality names, got {show_value(m['name'])} twice")
+        seen.add(m["name"])
+        is_h5 = m["path"].lower().endswith(".h5")
+        if m["ext"] is None:
+            m["ext"] = ".h5" if is_h5 else ".npy"
+        elif (m["ext"] == ".h5") != is_h5:
+            err(f"dataset.modalities[{i}].ext", "expected '.h5' exactly when the path ends in "
+                f".h5, got ext {show_value(m['ext'])} with path {show_value(m['path'])}")
+    if len(mods) == 1 and not mods[0]["primary"]:
+        mods[0]["primary"] = True
+    primaries = [m["name"] for m in mods if m["primary"]]
+    if len(primaries) != 1:
+        err("dataset.modalities", f"exactly one modality must have primary: true, got "
+            f"{len(primaries)}" + (f" ({', '.join(primaries)})" if primaries else ""))
+    for i, m in enumerate(mods):
+        if m["primary"] and m["rows_per_step"] != 1:
+            err(f"dataset.modalities[{i}].rows_per_step",
+                f"the primary modality must use 1, got {m['rows_per_step']}")
+    if ds["time_grid"] == "stride" and ds["fps"] is None:
+        err("dataset.fps", f"required with dataset.time_grid 'stride': "
+            f"{SCHEMA['dataset']['fps'].doc}", what="missing config key")
+    crop = ds["crop_ratio"]
+    if crop is not None and not 0 < crop[0] <= crop[1]:
+        err("dataset.crop_ratio", f"expected [lo, hi] with 0 < lo <= hi, got {show_value(crop)}")
+
+    n_levels = model["backbone_arch"][2] + 1
+    wins, start = model["n_mha_win_size"], model["fpn_start_level"]
+    ranges = model["regression_range"]
+    if len(wins) != n_levels:
+        err("model.n_mha_win_size", f"expected {n_levels} items (1 + model.backbone_arch[2]), got "
+            f"{len(wins)}", what="wrong length for config key")
+    if start >= n_levels:
+        errs.append(f"config key 'model.fpn_start_level' out of range ({source}): expected value "
+                    f"<= {n_levels - 1} (model.backbone_arch[2]), got {start}")
+    elif len(ranges) != n_levels - start:
+        err("model.regression_range", f"expected {n_levels - start} items (1 + "
+            f"model.backbone_arch[2] - model.fpn_start_level), got {len(ranges)}",
+            what="wrong length for config key")
+    for i, pair in enumerate(ranges):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+        if not (len(pair) == 2 and numbers and pair[0] < pair[1]):
+            err(f"model.regression_range[{i}]",
+                f"expected a pair [lo, hi] of numbers with lo < hi, got {show_value(pair)}")
+    for k in ("embd_dim", "fpn_dim", "head_dim"):
+        if model[k] is not None and model[k] % model["n_head"]:
+            err(f"model.{k}", f"expected a multiple of model.n_head ({model['n_head']}), "
+                f"got {model[k]}")
+    for k in ("embd_kernel_size", "head_kernel_size"):
+        if model[k] % 2 == 0:
+            err(f"model.{k}", f"expected an odd kernel size, got {model[k]}")
+    proj = model["proj_dims"]
+    if proj is not None and model["backbone"] != "fusion":
+        err("model.proj_dims", f"only allowed with model.backbone 'fusion', got backbone "
+            f"{show_value(model['backbone'])}")
+    elif proj is not None and len(proj) not in (len(mods), sum(m["rows_per_step"] for m in mods)):
+        groups = sum(m["rows_per_step"] for m in mods)
+        err("model.proj_dims", f"expected {len(mods)} items (one per modality) or {groups} (one per "
+            f"stacked row group), got {len(proj)}", what="wrong length for config key")
+    if model["neck"] == "identity" and model["fpn_dim"] not in (None, model["embd_dim"]):
+        err("model.fpn_dim", f"the identity neck keeps the backbone width: expected null or "
+            f"{model['embd_dim']} (model.embd_dim), got {model['fpn_dim']}")
+    bad_empty = [c for c in cfg["train_cfg"]["head_empty_cls"] if c >= ds["num_classes"]]
+    if bad_empty:
+        err("train_cfg.head_empty_cls", f"expected class ids below dataset.num_classes "
+            f"({ds['num_classes']}), got {bad_empty}")
+    if len(wins) == n_levels:
+        factors = _level_factors(model)
+        bad = [f for f in [max(factors)] + factors if ds["max_seq_len"] % f]
+        if bad:
+            what = "the model's max_div_factor" if bad[0] == max(factors) else \
+                "the stride x window factor of a pyramid level"
+            err("dataset.max_seq_len", f"expected a multiple of {bad[0]} ({what}), "
+                f"got {ds['max_seq_len']}")
+    return errs
+
+
+# ----------------------------------------------------------------------------- derived

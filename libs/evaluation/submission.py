@@ -1,0 +1,193 @@
+"""The challenge submission JSON (SPEC s.6, seed s.6.3): writer, atomic file output, and reader.
+
+Format::
+
+    {video_id: {task: [{"label": "<class id>", "score": "<float>", "timestamps": [start_s, end_s]},
+                       ...]}}
+
+Timestamps are seconds; ``label`` is the integer class id as a string; ``score`` is the string of
+the Python float of the float32 score (``repr``). Every video of the evaluated split appears (an
+empty list when nothing was detected), entries in descending score, at most ``max_seg_num``.
+On input, labels and scores may be strings or numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from numbers import Real
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from libs.common.errors import UserError, format_problems
+from libs.common.io import atomic_write_text
+from libs.evaluation.metrics import Predictions, as_numpy
+
+
+def detections_to_submission(detections: Iterable[Mapping[str, Any]], task: str,
+                             video_ids: Sequence[str], max_seg_num: int) -> dict:
+    """Per-video detections -> the challenge dict, videos in ``video_ids`` order.
+
+    ``detections``: dicts ``video_id``, ``segments`` (N, 2) seconds, ``scores`` (N,), ``labels``
+    (N,) (numpy arrays or torch tensors), at most one per video, each video in ``video_ids``.
+    Entries are sorted by score, descending (stable: ties keep their order), then cut to
+    ``max_seg_num``.
+    """
+    assert max_seg_num >= 1, "max_seg_num must be >= 1"
+    out = {str(v): {task: []} for v in video_ids}
+    seen = set()
+    for det in detections:
+        vid = str(det["video_id"])
+        if vid not in out:
+            raise ValueError(f"detections of video '{vid}', which is not in video_ids")
+        if vid in seen:
+            raise ValueError(f"two detection sets for video '{vid}'")
+        seen.add(vid)
+        segs = as_numpy(det["segments"]).astype(np.float64).reshape(-1, 2)
+        scores = as_numpy(det["scores"]).astype(np.float32).reshape(-1)
+        labels = as_numpy(det["labels"]).astype(np.int64).reshape(-1)
+        assert len(segs) == len(scores) == len(labels), f"video '{vid}': column lengths differ"
+        assert np.all(np.isfinite(segs)) and np.all(np.isfinite(scores)), \
+            f"video '{vid}': non-finite detections"
+        order = np.argsort(-scores, kind="stable")[:max_seg_num]
+        out[vid][task] = [{"label": str(int(labels[i])), "score": repr(float(scores[i])),
+                           "timestamps": [float(segs[i, 0]), float(segs[i, 1])]} for i in order]
+    return out
+
+
+def write_json(obj: Any, path: str, overwrite: bool = False) -> None:
+    """Write ``obj`` as JSON atomically (temp file in the same folder, then ``os.replace``).
+
+    An existing ``path`` is a :class:`UserError` unless ``overwrite``. Parent folders are created.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"output file already exists ({path}): pass --overwrite to replace it")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, allow_nan=False))
+
+
+def _number(x: Any) -> Optional[float]:
+    """A finite float from a JSON number or numeric string, else None."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, Real):
+        v = float(x)
+    elif isinstance(x, str):
+        try:
+            v = float(x)
+        except ValueError:
+            return None
+    else:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _label(x: Any) -> Optional[int]:
+    """A non-negative int class id from an int, an integral float or an int string, else None."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        v = x
+    elif isinstance(x, float) and math.isfinite(x) and x.is_integer():
+        v = int(x)
+    elif isinstance(x, str):
+        try:
+            v = int(x.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return v if 0 <= v < 2 ** 31 else None
+
+
+def _entry(entry: Any, where: str, problems: List[str]) -> Optional[tuple]:
+    """(label, score, start, end) of one entry, or None after appending its problems."""
+    if not isinstance(entry, dict):
+        problems.append(f"{where}: is a {type(entry).__name__}, expected a mapping with "
+                        "label, score, timestamps")
+        return None
+    missing = [k for k in ("label", "score", "timestamps") if k not in entry]
+    if missing:
+        problems.append(f"{where}: missing {', '.join(missing)}")
+        return None
+    n_before = len(problems)
+    label = _label(entry["label"])
+    if label is None:
+        problems.append(f"{where}: label {entry['label']!r} is not a class id, expected a "
+                        "non-negative int or int string")
+    score = _number(entry["score"])
+    if score is None:
+        problems.append(f"{where}: score {entry['score']!r} is not a finite number, expected a "
+                        "float or float string")
+    ts = entry["timestamps"]
+    ok_ts = (isinstance(ts, (list, tuple)) and len(ts) == 2
+             and all(isinstance(t, Real) and not isinstance(t, bool) for t in ts))
+    if not ok_ts:
+        problems.append(f"{where}: timestamps {ts!r}, expected [start, end] numbers in seconds")
+    else:
+        start, end = float(ts[0]), float(ts[1])
+        if not (math.isfinite(start) and math.isfinite(end)):
+            problems.append(f"{where}: timestamps {ts!r} not finite, expected finite seconds")
+        elif start < 0 or end < 0:
+            problems.append(f"{where}: timestamps {ts!r} negative, expected seconds >= 0")
+        elif start > end:
+            problems.append(f"{where}: timestamps {ts!r} reversed, expected start <= end")
+    if len(problems) > n_before:
+        return None
+    return label, score, start, end
+
+
+def load_submission(path: str, task: str) -> Predictions:
+    """Read and validate a submission file -> :class:`Predictions` (seconds, float64 scores).
+
+    Every problem (naming the video id and entry index) is listed in one :class:`UserError`.
+    """
+    return load_submission_with_ids(path, task)[0]
+
+
+def load_submission_with_ids(path: str, task: str) -> Tuple[Predictions, List[str]]:
+    """:func:`load_submission` plus every video id of the file (also those with no entries)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"submission file not found ({path}): expected a JSON file")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise UserError(f"submission is not valid JSON ({path}): {err.msg} at line {err.lineno} "
+                        f"column {err.colno}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read submission ({path}): {err}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"submission top level is a {type(data).__name__} ({path}): expected a "
+                        f"mapping {{video_id: {{'{task}': [...]}}}}")
+    problems: List[str] = []
+    vids: List[str] = []
+    rows: List[tuple] = []
+    for vid, value in data.items():
+        if not isinstance(value, dict):
+            problems.append(f"video '{vid}': is a {type(value).__name__}, expected a mapping "
+                            f"{{'{task}': [...]}}")
+            continue
+        if task not in value:
+            found = ", ".join(repr(k) for k in value) or "none"
+            problems.append(f"video '{vid}': missing '{task}' list (keys found: {found})")
+            continue
+        entries = value[task]
+        if not isinstance(entries, list):
+            problems.append(f"video '{vid}': '{task}' is a {type(entries).__name__}, expected a list")
+            continue
+        for i, entry in enumerate(entries):
+            parsed = _entry(entry, f"video '{vid}' entry {i}", problems)
+            if parsed is not None:
+                vids.append(str(vid))
+                rows.append(parsed)
+    if problems:
+        raise UserError(format_problems(problems, f"invalid submission ({path}) with "
+                                                  f"{len(problems)} problem(s)"))
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    preds = Predictions(np.asarray(vids, dtype=str), arr[:, 2], arr[:, 3],
+                        np.asarray([r[0] for r in rows], dtype=np.int64), arr[:, 1])
+    return preds, [str(v) for v in data]

@@ -1,0 +1,94 @@
+"""Feature files: .npy / .pt / .h5 reading and cheap checks (SPEC s.2.2)."""
+import os
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from libs.common.errors import UserError
+from libs.datasets.features import FeatureProblem, FeatureSource
+
+
+@pytest.fixture
+def arrays():
+    rng = np.random.default_rng(0)
+    return {"v1": rng.standard_normal((5, 8)).astype(np.float32),
+            "v2": rng.standard_normal((3, 8)).astype(np.float32)}
+
+
+def _write_all(tmp_path, arrays):
+    npy, pt = tmp_path / "npy", tmp_path / "pt"
+    npy.mkdir()
+    pt.mkdir()
+    for vid, a in arrays.items():
+        np.save(npy / f"{vid}.npy", a)
+        torch.save(torch.from_numpy(a).double(), pt / f"{vid}.pt")
+    h5 = tmp_path / "feats.h5"
+    with h5py.File(h5, "w") as f:
+        for vid, a in arrays.items():
+            f.create_dataset(vid, data=a)
+    return str(npy), str(pt), str(h5)
+
+
+def test_read_all_formats(tmp_path, arrays):
+    npy, pt, h5 = _write_all(tmp_path, arrays)
+    sources = [FeatureSource("a", npy, ".npy", 8), FeatureSource("a", pt, ".pt", 8),
+               FeatureSource("a", h5, None, 8)]
+    assert sources[2].ext == ".h5" and FeatureSource("a", npy, None, 8).ext == ".npy"
+    for src in sources:
+        for vid, a in arrays.items():
+            x = src.read(vid)
+            assert x.dtype == np.float32 and x.shape == a.shape
+            np.testing.assert_allclose(x, a, rtol=0, atol=1e-7)
+        assert src.problems(list(arrays)) == []
+        assert src.shape("v2") == (3, 8)
+
+
+def test_h5_opened_lazily_and_not_pickled(tmp_path, arrays):
+    _, _, h5 = _write_all(tmp_path, arrays)
+    src = FeatureSource("a", h5, ".h5", 8)
+    assert src._h5 is None
+    src.read("v1")
+    assert src._h5 is not None and src._h5_pid == os.getpid()
+    clone = pickle.loads(pickle.dumps(src))
+    assert clone._h5 is None
+    np.testing.assert_array_equal(clone.read("v2"), arrays["v2"])
+    src.close()
+    assert src._h5 is None
+
+
+def test_problems_missing_unreadable_shape(tmp_path, arrays):
+    npy, _, _ = _write_all(tmp_path, arrays)
+    np.save(os.path.join(npy, "flat.npy"), np.zeros(8, np.float32))
+    np.save(os.path.join(npy, "wide.npy"), np.zeros((4, 9), np.float32))
+    np.save(os.path.join(npy, "empty.npy"), np.zeros((0, 8), np.float32))
+    with open(os.path.join(npy, "junk.npy"), "wb") as f:
+        f.write(b"not a numpy file")
+    src = FeatureSource("audio", npy, ".npy", 8)
+    probs = src.check(["v1", "gone", "flat", "wide", "empty", "junk"])
+    kinds = {p.video_id: p.kind for p in probs}
+    assert kinds == {"gone": "missing", "flat": "shape", "wide": "shape", "empty": "shape",
+                     "junk": "unreadable"}
+    msgs = {p.video_id: str(p) for p in probs}
+    assert "gone.npy" in msgs["gone"] and "video 'gone'" in msgs["gone"] and "'audio'" in msgs["gone"]
+    assert "(4, 9)" in msgs["wide"] and "8" in msgs["wide"]
+    with pytest.raises(FeatureProblem, match="missing feature file"):
+        src.read("gone")
+    with pytest.raises(UserError, match="bad feature shape"):
+        src.read("wide")
+
+
+def test_pt_not_a_tensor_and_h5_missing(tmp_path, arrays):
+    _, pt, h5 = _write_all(tmp_path, arrays)
+    torch.save({"x": torch.zeros(2, 8)}, os.path.join(pt, "dict.pt"))
+    src = FeatureSource("video", pt, ".pt", 8)
+    (prob,) = src.check(["dict"])
+    assert prob.kind == "unreadable" and "expected a tensor" in str(prob)
+    h5src = FeatureSource("video", h5, ".h5", 8)
+    (prob,) = h5src.check(["v9"])
+    assert prob.kind == "missing" and "v9" in str(prob)
+    absent = FeatureSource("video", str(tmp_path / "absent.h5"), ".h5", 8)
+    assert absent.problems(["v1", "v2"]) == [f"feature file not found (modality 'video'): "
+                                             f"{tmp_path / 'absent.h5'}"]
