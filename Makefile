@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-stamp
 DEMO   := data/demo
 
-.PHONY: venv ext test demo demo-data clean-ext bench
+.PHONY: venv ext test demo demo-data clean-ext bench config-docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ demo: venv ext demo-data
 	$(PY) eval.py configs/demo_tsl_valid.yaml $(DEMO_RUN) --device cpu --out $(DEMO_RUN)/demo_valid_results.json
 	$(PY) eval.py configs/demo_tsl_test.yaml $(DEMO_RUN) --device cpu --saveonly --out $(DEMO_RUN)/demo_test_submission.json
 	$(PY) tools/score_submission.py $(DEMO)/annotations.json $(DEMO_RUN)/demo_valid_results.json --task sound_localisation --split valid
+
+# docs/config.md: the table of every config key, generated from libs/config/schema.py.
+config-docs: venv
+	$(PY) -c "from libs.config import describe_schema; open('docs/config.md', 'w').write('# Configuration keys\n\nGenerated from \`libs/config/schema.py\` by \`make config-docs\`; \`tests/config/test_config_docs.py\` checks it is current.\n\n' + describe_schema())"
 
 bench: venv ext
 	$(PY) benchmarks/bench_nms.py --quick

@@ -1,12 +1,14 @@
 """Predict a split with a trained detector, write the challenge submission and score it.
 
-    python eval.py CONFIG CKPT [-epoch N] [-t K] [--saveonly] [--out FILE] [--device cpu|cuda]
-                   [--no-ema] [--overwrite] [--opt KEY=VALUE ...]
+    python eval.py CONFIG CKPT [--split S] [-epoch N] [-t K] [--saveonly] [--out FILE]
+                   [--device cpu|cuda] [--no-ema] [--overwrite] [--opt KEY=VALUE ...]
 
 CKPT is a checkpoint file or an experiment folder (``-epoch N`` picks ``epoch_NNN.pth.tar``, else
-the latest). The split is the config's ``dataset.val_split``. Outputs (next to the checkpoint
-unless --out): ``<split>_epoch_NNN_results.json`` (submission, SPEC s.6) and, unless
---saveonly, ``<split>_epoch_NNN_metrics.json``. Existing files are never overwritten silently.
+the latest). The model's architecture comes from the checkpoint; CONFIG supplies the data, the
+split (``--split``, default ``dataset.val_split``) and the post-processing, so the training YAML
+serves for evaluation too. Outputs (next to the checkpoint unless --out):
+``<split>_epoch_NNN_results.json`` (the challenge submission) and, unless --saveonly,
+``<split>_epoch_NNN_metrics.json``. Existing files are never overwritten silently.
 """
 from __future__ import annotations
 
@@ -17,29 +19,32 @@ from typing import Optional
 
 import torch
 
-from libs.config.loader import add_config_args, load_config
-from libs.evaluation.predict import nms_settings_summary
-from libs.modeling.detector import count_parameters
-from libs.common.errors import UserError, run_cli
-from libs.evaluation.validation import default_output_paths, predict_dataset, score_detections
-from libs.datasets import PerceptionDataset
-from libs.modeling import Detector
 from libs.common.checkpoints import find_checkpoint, load_checkpoint
-from libs.interop.original_checkpoint import convert_original_checkpoint, is_original_checkpoint
 from libs.common.distributed import add_device_arg, resolve_device
-from libs.evaluation.ext_scores import apply_ext_scores, check_ext_coverage, load_ext_scores
-from libs.evaluation.raw_candidates import prepare_raw_dir, raw_candidate_hook, write_raw_meta
+from libs.common.errors import UserError, run_cli
 from libs.common.logs import setup_logging
 from libs.common.seed import fix_random_seed
+from libs.config import add_config_args, load_config
+from libs.config.compare import with_architecture_of
+from libs.datasets import PerceptionDataset
+from libs.evaluation.ext_scores import apply_ext_scores, check_ext_coverage, load_ext_scores
+from libs.evaluation.predict import nms_settings_summary, predict_dataset, score_detections
+from libs.evaluation.raw_candidates import prepare_raw_dir, raw_candidate_hook, write_raw_meta
 from libs.evaluation.submission import detections_to_submission, write_json
+from libs.interop.original_checkpoint import convert_original_checkpoint, is_original_checkpoint
+from libs.modeling import Detector
+from libs.modeling.detector import checkpoint_config, count_parameters, load_weights
 
 log = logging.getLogger("eval")
 
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("config", help="YAML config whose dataset.val_split is predicted")
+    p.add_argument("config", help="YAML config: data, split and post-processing (the training "
+                                  "config will do)")
     p.add_argument("ckpt", help="checkpoint file or experiment folder")
+    p.add_argument("--split", default=None, help="split(s) to predict, comma-separated (default: "
+                                                 "the config's dataset.val_split)")
     p.add_argument("-epoch", "--epoch", type=int, default=None, help="epoch to load from a folder")
     p.add_argument("-t", "--topk", type=int, default=None, help="override test_cfg.max_seg_num")
     p.add_argument("--saveonly", action="store_true", help="write the submission only (no labels needed)")
@@ -61,18 +66,22 @@ def main(argv: Optional[list] = None) -> int:
     if args.topk is not None:
         if args.topk < 1:
             raise UserError(f"-t/--topk ({args.topk}): expected a positive number of detections")
-        opts.append(f"test_cfg.max_seg_num={args.topk}")
+        opts.append(f"test_cfg.nms.max_seg_num={args.topk}")
     cfg = load_config(args.config, opts)
     device_name = resolve_device(args.device)
     device = torch.device(device_name)
-    fix_random_seed(cfg["seed"])
+    fix_random_seed(cfg.seed)
+    splits = [x for x in args.split.split(",") if x] if args.split else list(cfg.dataset.val_split)
+    if not splits:
+        raise UserError(f"--split {args.split!r} (command line): expected a split name, e.g. valid")
 
     # ---------------------------------------------------------------- checkpoint and outputs
     ckpt_path = find_checkpoint(args.ckpt, args.epoch)
     ckpt = load_checkpoint(ckpt_path)
     epoch = int(ckpt.get("epoch", 0))
-    splits = cfg["dataset"]["val_split"]
-    results_path, metrics_path = default_output_paths(ckpt_path.parent, splits, epoch)
+    stem = f"{'_'.join(splits)}_epoch_{epoch:03d}"
+    results_path = str(ckpt_path.parent / f"{stem}_results.json")
+    metrics_path = str(ckpt_path.parent / f"{stem}_metrics.json")
     if args.out:
         results_path = args.out
         metrics_path = str(Path(args.out).with_suffix("")) + "_metrics.json"
@@ -83,63 +92,57 @@ def main(argv: Optional[list] = None) -> int:
                         f"to write elsewhere")
 
     # ---------------------------------------------------------------- model and data
-    model = Detector.from_config(cfg)
-    if is_original_checkpoint(ckpt):
+    if is_original_checkpoint(ckpt):   # no config inside: the given config describes the model
         log.info("%s is an original-project checkpoint; converting it in memory", ckpt_path)
+        model = Detector.from_config(cfg)
         ckpt = convert_original_checkpoint(ckpt, model, cfg, where=str(ckpt_path))
-    key = "state_dict" if args.no_ema else "state_dict_ema"
-    if key not in ckpt:
-        raise UserError(f"checkpoint has no '{key}' ({ckpt_path}): expected a checkpoint written by "
-                        f"train.py or converted with tools/convert_checkpoint.py")
-    try:
-        model.load_state_dict(ckpt[key])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise UserError(f"checkpoint does not match the config's model ({ckpt_path}): "
-                        f"{' '.join(first[:3])[:400]}") from None
+    else:
+        cfg = with_architecture_of(cfg, checkpoint_config(ckpt, ckpt_path), str(ckpt_path))
+        model = Detector.from_config(cfg)
+    load_weights(model, ckpt, ckpt_path, "raw" if args.no_ema else "ema")
     model.to(device)
     log.info("loaded %s weights of %s (epoch %d), %s parameters", "raw" if args.no_ema else "EMA",
              ckpt_path, epoch, f"{count_parameters(model):,}")
-    dataset = PerceptionDataset(cfg, splits, is_training=False)
+    dataset = PerceptionDataset.from_config(cfg, splits, is_training=False)
     if not args.saveonly and not any(v.num_events for v in dataset.videos):
-        raise UserError(f"no ground truth in split {'+'.join(splits)} ({cfg['dataset']['annotation_file']}): "
+        raise UserError(f"no ground truth in split {'+'.join(splits)} ({cfg.dataset.annotation_file}): "
                         f"pass --saveonly to write the submission without scoring it")
-    ext_file = cfg["test_cfg"]["ext_score_file"]
-    ext = load_ext_scores(ext_file, cfg["dataset"]["num_classes"]) if ext_file else None
+    ext_file = cfg.test_cfg.ext_score_file
+    ext = load_ext_scores(ext_file, cfg.dataset.num_classes) if ext_file else None
     if ext is not None:  # checked before predicting: a bad file fails fast
         check_ext_coverage(ext, [v.video_id for v in dataset.videos], source=ext_file)
     log.info("%d videos of split %s; %s", len(dataset), "+".join(splits),
-             nms_settings_summary(cfg["test_cfg"]))
+             nms_settings_summary(cfg.test_cfg.nms))
 
     # ---------------------------------------------------------------- predict, write, score
     raw_hook = None
     if args.save_raw:
         prepare_raw_dir(args.save_raw, args.overwrite)
         raw_hook = raw_candidate_hook(args.save_raw)
-    detections = predict_dataset(model, dataset, cfg, device, model.max_div_factor,
-                                 raw_hook=raw_hook, show_progress=not args.no_progress)
+    detections = predict_dataset(model, dataset, cfg, device, raw_hook=raw_hook,
+                                 show_progress=not args.no_progress)
     if args.save_raw:  # meta last: an interrupted run is caught when the folder is loaded
         write_raw_meta(args.save_raw, {
-            "task": cfg["task"], "split": "+".join(splits), "num_classes": cfg["dataset"]["num_classes"],
-            "checkpoint": str(ckpt_path), "epoch": epoch, "test_cfg": cfg["test_cfg"],
+            "task": cfg.task, "split": "+".join(splits), "num_classes": cfg.dataset.num_classes,
+            "checkpoint": str(ckpt_path), "epoch": epoch, "test_cfg": cfg.to_dict()["test_cfg"],
             "video_ids": [d["video_id"] for d in detections]})
         log.info("pre-NMS candidates: %s", args.save_raw)
     if ext is not None:
-        detections = apply_ext_scores(detections, ext, cfg["test_cfg"]["ext_score_topk"],
-                                      cfg["test_cfg"]["ext_score_num_pred"])
+        detections = apply_ext_scores(detections, ext, cfg.test_cfg.ext_score_topk,
+                                      cfg.test_cfg.ext_score_num_pred)
         log.info("combined detections with external class scores from %s", ext_file)
-    submission = detections_to_submission(detections, cfg["task"], [v.video_id for v in dataset.videos],
-                                          cfg["test_cfg"]["max_seg_num"])
+    submission = detections_to_submission(detections, cfg.task, [v.video_id for v in dataset.videos],
+                                          cfg.test_cfg.nms.max_seg_num)
     write_json(submission, results_path, overwrite=args.overwrite)
     log.info("submission: %s (%d videos, %d detections)", results_path, len(submission),
-             sum(len(v[cfg["task"]]) for v in submission.values()))
+             sum(len(v[cfg.task]) for v in submission.values()))
     if args.saveonly:
         return 0
     metrics = score_detections(detections, dataset)
     print(metrics.format_table())
     report = metrics.to_dict(dataset.label_names)
     report.update({"checkpoint": str(ckpt_path), "epoch": epoch, "split": splits,
-                   "weights": "raw" if args.no_ema else "ema", "task": cfg["task"]})
+                   "weights": "raw" if args.no_ema else "ema", "task": cfg.task})
     write_json(report, metrics_path, overwrite=args.overwrite)
     log.info("metrics: %s", metrics_path)
     return 0

@@ -16,24 +16,24 @@ from typing import Optional
 
 from torch.nn.parallel import DistributedDataParallel
 
-from libs.config.loader import add_config_args, dump_config, load_config
-from libs.common.distributed import unwrap_model
-from libs.modeling.detector import count_parameters
-from libs.training.loop import TrainState, train_one_epoch
-from libs.common.errors import UserError, run_cli
-from libs.evaluation.validation import evaluate_model
-from libs.datasets import PerceptionDataset, make_loader, set_loader_epoch
-from libs.modeling import Detector
-from libs.modeling.losses import LossNormalizer
-from libs.common.checkpoints import (experiment_dir, load_checkpoint, prepare_experiment_dir,
-                                   save_checkpoint)
+from libs.common.checkpoints import load_checkpoint, save_checkpoint
 from libs.common.distributed import add_device_arg, cleanup, init_distributed, resolve_device
-from libs.training.ema import ModelEma
+from libs.common.errors import UserError, run_cli
 from libs.common.logs import setup_logging
-from libs.training.tensorboard import TensorboardWriter
+from libs.common.seed import fix_random_seed
+from libs.config import add_config_args, dump_config, load_config
+from libs.datasets import PerceptionDataset, make_loader, set_loader_epoch
+from libs.evaluation.predict import evaluate_model
+from libs.modeling import Detector
+from libs.modeling.detector import count_parameters
+from libs.modeling.losses import LossNormalizer
+from libs.training.checkpointing import Trainable, check_resumable, restore, training_checkpoint
+from libs.training.ema import ModelEma
+from libs.training.loop import train_one_epoch
 from libs.training.optim import make_optimizer
+from libs.training.run_dir import experiment_dir, prepare_experiment_dir
 from libs.training.scheduler import make_scheduler, num_epochs
-from libs.common.seed import fix_random_seed, get_rng_state, set_rng_state
+from libs.training.tensorboard import TensorboardWriter
 
 log = logging.getLogger("train")
 
@@ -58,32 +58,31 @@ def main(argv: Optional[list] = None) -> int:
     device = dist.device
 
     resume_ckpt = load_checkpoint(args.resume) if args.resume else None
-    if resume_ckpt is not None and "ema" not in resume_ckpt:
-        raise UserError(f"checkpoint cannot be resumed ({args.resume}): it holds weights only; "
-                        f"expected an epoch_NNN.pth.tar written by train.py")
-    fix_random_seed(cfg["seed"])
+    if resume_ckpt is not None:
+        check_resumable(resume_ckpt, cfg, args.resume)
+    fix_random_seed(cfg.seed)
 
     # ---------------------------------------------------------------- data (checked before any output)
-    train_set = PerceptionDataset(cfg, cfg["dataset"]["train_split"], is_training=True)
+    train_set = PerceptionDataset.from_config(cfg, cfg.dataset.train_split, is_training=True)
     model = Detector.from_config(cfg).to(device)
-    loader = make_loader(train_set, batch_size=cfg["loader"]["batch_size"],
-                         num_workers=cfg["loader"]["num_workers"], is_training=True, seed=cfg["seed"],
-                         max_seq_len=cfg["dataset"]["max_seq_len"],
+    loader = make_loader(train_set, batch_size=cfg.loader.batch_size,
+                         num_workers=cfg.loader.num_workers, is_training=True, seed=cfg.seed,
+                         max_seq_len=cfg.dataset.max_seq_len,
                          max_div_factor=model.max_div_factor, rank=dist.rank,
                          world_size=dist.world_size)
     if len(loader) == 0:
-        raise UserError(f"training set too small (dataset.train_split {cfg['dataset']['train_split']}): "
-                        f"{len(train_set)} videos for batch size {cfg['loader']['batch_size']} x "
+        raise UserError(f"training set too small (dataset.train_split {list(cfg.dataset.train_split)}): "
+                        f"{len(train_set)} videos for batch size {cfg.loader.batch_size} x "
                         f"{dist.world_size} processes")
     val_set = None
-    if cfg["train"]["eval_freq"] > 0:
-        val_set = PerceptionDataset(cfg, cfg["dataset"]["val_split"], is_training=False)
+    if cfg.train.eval_freq > 0:
+        val_set = PerceptionDataset.from_config(cfg, cfg.dataset.val_split, is_training=False)
 
     # ---------------------------------------------------------------- output folder and logging
     if args.resume and args.output is None:
         exp = Path(args.resume).resolve().parent
     else:
-        exp = experiment_dir(cfg["output_folder"], args.config, args.output)
+        exp = experiment_dir(cfg.output_folder, args.config, args.output)
     if dist.rank == 0:
         prepare_experiment_dir(exp, resume=resume_ckpt is not None)
         setup_logging(exp / "train.log", rank=dist.rank)
@@ -93,28 +92,21 @@ def main(argv: Optional[list] = None) -> int:
     log.info("experiment folder: %s", exp)
 
     # ---------------------------------------------------------------- model, optimiser, schedule
-    log.info("model: %s backbone, %s parameters", cfg["model"]["backbone"],
-             f"{count_parameters(model):,}")
-    optimizer = make_optimizer(model, cfg["opt"])
-    scheduler = make_scheduler(optimizer, cfg["opt"], len(loader))
-    ema = ModelEma(model, decay=cfg["train"]["ema_decay"], warmup=cfg["train"]["ema_warmup"])
-    normalizer = LossNormalizer(cfg["train_cfg"]["init_loss_norm"], cfg["train_cfg"]["loss_norm_momentum"])
-    state = TrainState()
-    best_map = -1.0
+    log.info("model: %s backbone, %s parameters", cfg.model.backbone, f"{count_parameters(model):,}")
+    optimizer = make_optimizer(model, cfg.opt)
+    run = Trainable(model=model, ema=ModelEma(model, decay=cfg.train.ema_decay,
+                                            warmup=cfg.train.ema_warmup),
+                  optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg.opt, len(loader)),
+                  normalizer=LossNormalizer(cfg.train_cfg.init_loss_norm,
+                                            cfg.train_cfg.loss_norm_momentum))
     if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["state_dict"])
-        ema.load_state_dict({**resume_ckpt["ema"], "state_dict": resume_ckpt["state_dict_ema"]})
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        scheduler.load_state_dict(resume_ckpt["scheduler"])
-        normalizer.load_state_dict(resume_ckpt["loss_normalizer"])
-        state = TrainState(epoch=resume_ckpt["epoch"], global_step=resume_ckpt["global_step"])
-        best_map = resume_ckpt.get("best_map", -1.0)
-        set_rng_state(resume_ckpt["rng_state"])
-        log.info("resumed from %s (epoch %d)", args.resume, state.epoch)
+        restore(run, resume_ckpt)
+        log.info("resumed from %s (epoch %d)", args.resume, run.state.epoch)
     if dist.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        run.model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     writer = TensorboardWriter(exp / "logs", rank=dist.rank)
-    max_epochs = num_epochs(cfg["opt"])
+    max_epochs = num_epochs(cfg.opt)
+    state = run.state
 
     # ---------------------------------------------------------------- loop
     log.info("training %d epochs x %d iterations on %s (%d process%s)", max_epochs, len(loader),
@@ -122,17 +114,18 @@ def main(argv: Optional[list] = None) -> int:
     while state.epoch < max_epochs:
         set_loader_epoch(loader, state.epoch)
         t0 = time.time()
-        losses = train_one_epoch(model, loader, optimizer, scheduler, ema, normalizer, cfg, state,
-                                 device, writer, show_progress=not args.no_progress and dist.rank == 0)
+        losses = train_one_epoch(run.model, loader, run.optimizer, run.scheduler, run.ema, run.normalizer, cfg,
+                                 state, device, writer,
+                                 show_progress=not args.no_progress and dist.rank == 0)
         state.epoch += 1
         log.info("epoch %d/%d: %s, lr %.3e, %.1f s", state.epoch, max_epochs,
                  ", ".join(f"{k} {v:.4f}" for k, v in losses.items()),
                  optimizer.param_groups[0]["lr"], time.time() - t0)
         last = state.epoch == max_epochs
-        is_eval = val_set is not None and (state.epoch % cfg["train"]["eval_freq"] == 0 or last)
+        is_eval = val_set is not None and (state.epoch % cfg.train.eval_freq == 0 or last)
         avg_map = None
         if is_eval and dist.rank == 0:
-            metrics = evaluate_model(ema.module, val_set, cfg, device, unwrap_model(model).max_div_factor)
+            metrics = evaluate_model(run.ema.module, val_set, cfg, device)
             avg_map = metrics.average_map
             log.info("epoch %d validation (EMA weights): average mAP %.2f%% | %s", state.epoch,
                      100 * avg_map, " ".join(f"{t:.1f}:{100 * m:.2f}" for t, m in
@@ -140,22 +133,15 @@ def main(argv: Optional[list] = None) -> int:
             writer.add_scalar("validation/average_mAP", avg_map, state.epoch)
             for t, m in zip(metrics.tiou_thresholds, metrics.map_per_tiou):
                 writer.add_scalar(f"validation/mAP@{t:.1f}", m, state.epoch)
-        if dist.rank == 0 and (state.epoch % cfg["train"]["ckpt_freq"] == 0 or last or avg_map is not None):
-            ckpt = {
-                "epoch": state.epoch, "global_step": state.global_step,
-                "state_dict": unwrap_model(model).state_dict(), "state_dict_ema": ema.module.state_dict(),
-                # EMA bookkeeping only: its weights are state_dict_ema (not stored twice)
-                "ema": {k: v for k, v in ema.state_dict().items() if k != "state_dict"},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "loss_normalizer": normalizer.state_dict(),
-                "rng_state": get_rng_state(), "config": cfg,
-                "label_map": {int(k): v for k, v in train_set.label_names.items()},
-                "best_map": max(best_map, avg_map if avg_map is not None else -1.0),
-            }
-            if state.epoch % cfg["train"]["ckpt_freq"] == 0 or last:
+        periodic = state.epoch % cfg.train.ckpt_freq == 0 or last
+        is_best = avg_map is not None and avg_map > state.best_map
+        if dist.rank == 0 and (periodic or is_best):
+            if is_best:
+                state.best_map = avg_map
+            ckpt = training_checkpoint(run, cfg, train_set.label_names, state.best_map)
+            if periodic:
                 save_checkpoint(ckpt, exp / f"epoch_{state.epoch:03d}.pth.tar")
-            if avg_map is not None and avg_map > best_map:
-                best_map = avg_map
+            if is_best:
                 save_checkpoint(ckpt, exp / "best.pth.tar")
                 log.info("new best average mAP %.2f%% at epoch %d -> best.pth.tar", 100 * avg_map,
                          state.epoch)

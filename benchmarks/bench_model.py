@@ -12,6 +12,7 @@ timed after warm-up iterations. Prints one table row per config (seconds per ite
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from libs.modeling import Detector  # noqa: E402
 from libs.modeling.decode import decode_candidates  # noqa: E402
 from libs.modeling.losses import LossNormalizer  # noqa: E402
 from libs.training.ema import ModelEma  # noqa: E402
-from libs.ops.nms import NmsSettings, batched_nms_videos  # noqa: E402
+from libs.ops.nms import batched_nms_videos  # noqa: E402
 from libs.training.optim import make_optimizer  # noqa: E402
 
 
@@ -37,14 +38,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _batch(cfg: dict, batch: int, device: torch.device, gen: torch.Generator) -> dict:
-    T, C = cfg["dataset"]["max_seq_len"], cfg["derived"]["input_dim"]
+def _batch(cfg, batch: int, device: torch.device, gen: torch.Generator) -> dict:
+    T, C = cfg.dataset.max_seq_len, cfg.derived.input_dim
     segments, labels = [], []
     for _ in range(batch):
         start = torch.rand(3, generator=gen) * (T - 40)
         length = 2 + torch.rand(3, generator=gen) * 36
         segments.append(torch.stack([start, start + length], 1).to(device))
-        labels.append(torch.randint(0, cfg["dataset"]["num_classes"], (3,), generator=gen).to(device))
+        labels.append(torch.randint(0, cfg.dataset.num_classes, (3,), generator=gen).to(device))
     return {"feats": torch.randn(batch, C, T, generator=gen).to(device),
             "masks": torch.ones(batch, 1, T, dtype=torch.bool, device=device),
             "segments": segments, "labels": labels}
@@ -55,18 +56,18 @@ def bench(config: str, device: torch.device, iters: int, batch: int) -> dict:
     torch.manual_seed(0)
     model = Detector.from_config(cfg).to(device)
     data = _batch(cfg, batch, device, torch.Generator().manual_seed(0))
-    opt = make_optimizer(model, cfg["opt"])
-    ema = ModelEma(model, cfg["train"]["ema_decay"], warmup=True)
-    norm = LossNormalizer(cfg["train_cfg"]["init_loss_norm"])
-    tc = cfg["test_cfg"]
+    opt = make_optimizer(model, cfg.opt)
+    ema = ModelEma(model, cfg.train.ema_decay, warmup=True)
+    norm = LossNormalizer(cfg.train_cfg.init_loss_norm, cfg.train_cfg.loss_norm_momentum)
+    tc = cfg.test_cfg
 
     def train_step():
         model.train()
         opt.zero_grad(set_to_none=True)
         out = model(data["feats"], data["masks"])
-        losses = compute_losses(out, data, norm, cfg, model.num_classes)
+        losses = compute_losses(out, data, norm, cfg.train_cfg, model.num_classes)
         losses["final_loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["opt"]["clip_grad_l2norm"])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.opt.clip_grad_l2norm)
         opt.step()
         ema.update(model)
 
@@ -75,11 +76,11 @@ def bench(config: str, device: torch.device, iters: int, batch: int) -> dict:
         model.eval()
         out = model(data["feats"], data["masks"])
         cands = decode_candidates(out["points"], out["cls_logits"], out["offsets"], out["fpn_masks"],
-                                  tc["pre_nms_thresh"], tc["pre_nms_topk"], tc["duration_thresh"])
+                                  tc.pre_nms_thresh, tc.pre_nms_topk, tc.duration_thresh)
         if device.type != "cuda":
             cands = [{k: v.cpu() for k, v in c.items()} for c in cands]
         batched_nms_videos([(c["segments"], c["scores"], c["labels"]) for c in cands],
-                           **NmsSettings.from_test_cfg(tc).to_dict())
+                           **dataclasses.asdict(tc.nms))
 
     result = {"config": Path(config).stem, "params": count_parameters(model)}
     for name, step in (("train", train_step), ("infer", infer_step)):

@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.config import original as compat  # noqa: E402
-from libs.config.loader import _StrictLoader, add_config_args, config_to_yaml, resolve_config  # noqa: E402
+from libs.config.loader import add_config_args, config_to_yaml, read_yaml, resolve_config  # noqa: E402
 from libs.common.errors import UserError, run_cli  # noqa: E402
 from libs.common.io import atomic_write_text  # noqa: E402
 
@@ -44,15 +43,10 @@ def read_original(path: str) -> dict:
     if not p.is_file():
         raise UserError(f"config file not found ({path}): expected an existing YAML file")
     try:
-        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (safe)
+        text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read config file ({path}): {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}" if mark is not None else path
-        problem = getattr(err, "problem", None) or str(err)
-        raise UserError(f"config file is not valid YAML ({where}): {' '.join(problem.split())}") \
-            from None
+    raw = read_yaml(text, path)
     if not compat.is_original_config(raw):
         raise UserError(f"not an original-project config ({path}): expected the original layout "
                         f"(dataset_name, dataset.json_file, ...); configs in this toolkit's layout "

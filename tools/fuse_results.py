@@ -1,7 +1,7 @@
 """Fuse several models' raw candidates (``eval.py --save-raw DIR``) into one submission.
 
     python tools/fuse_results.py RAW_DIR [RAW_DIR ...] --out SUBMISSION.json [--mode pool|wbf]
-        [--weights 1 1] [--nms-method soft|linear|hard] [--nms-sigma 0.4] [--min-score 0.001]
+        [--weights 1 1] [--method gaussian|linear|hard] [--sigma 0.4] [--min-score 0.001]
         [--max-seg-num 500] [--iou-threshold 0.1] [--wbf-iou 0.55] [--wbf-skip 0.0]
         [--wbf-conf avg|max] [--annotations FILE [--split S]] [--overwrite]
 
@@ -10,10 +10,12 @@ original's post-fusion). ``wbf``: each run goes through the NMS alone, then 1-D 
 fusion (``libs/evaluation/fusion.py``). The submission (SPEC s.6) holds every video of the runs (and of
 the split, with --annotations). With --annotations, the metric of each run (after its own NMS with
 the same settings) and of the fusion is printed and written to ``<out stem>_metrics.json``.
+The NMS options are the keys of ``test_cfg.nms`` (same names and defaults, docs/config.md).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -28,7 +30,9 @@ from libs.common.errors import UserError, run_cli  # noqa: E402
 from libs.datasets.annotations import load_annotations  # noqa: E402
 from libs.evaluation.fusion import (check_compatible, check_weights, detections_list,  # noqa: E402
                                fuse_pool, run_nms, union_video_ids, weighted_segment_fusion)
-from libs.ops.nms import NmsSettings  # noqa: E402
+from libs.config import NmsConfig  # noqa: E402
+from libs.config.loader import resolve_section  # noqa: E402
+from libs.config.schema import NMS_BACKENDS, NMS_METHODS  # noqa: E402
 from libs.evaluation.raw_candidates import load_raw_dir  # noqa: E402
 from libs.evaluation.metrics import (DEFAULT_TIOU_THRESHOLDS, MetricResult, evaluate_map,  # noqa: E402
                                 ground_truth_from_records, predictions_from_detections)
@@ -45,16 +49,20 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="pool: pooled candidates + one NMS; wbf: weighted segment fusion")
     p.add_argument("--weights", type=float, nargs="+", default=None,
                    help="one weight per run (default 1 each)")
-    nms = p.add_argument_group("NMS (pool: of the pooled candidates; wbf/metrics: of each run)")
-    nms.add_argument("--nms-method", choices=("soft", "linear", "hard"), default="soft")
-    nms.add_argument("--nms-sigma", type=float, default=0.4, help="Gaussian soft-NMS sigma")
-    nms.add_argument("--min-score", type=float, default=0.001)
-    nms.add_argument("--max-seg-num", type=int, default=500, help="detections per video")
-    nms.add_argument("--iou-threshold", type=float, default=0.1, help="hard/linear NMS IoU")
-    nms.add_argument("--class-agnostic", action="store_true", help="one NMS over all classes")
-    nms.add_argument("--voting-thresh", type=float, default=0.9,
-                     help="class-agnostic only: segment voting IoU (0: off)")
-    nms.add_argument("--nms-backend", choices=("auto", "cpp", "cuda", "torch"), default="auto")
+    nms = p.add_argument_group("NMS (pool: of the pooled candidates; wbf/metrics: of each run); "
+                               "the keys of test_cfg.nms, same defaults")
+    d = NmsConfig()
+    nms.add_argument("--method", choices=NMS_METHODS, default=d.method, help=_doc("method"))
+    nms.add_argument("--sigma", type=float, default=d.sigma, help=_doc("sigma"))
+    nms.add_argument("--min-score", type=float, default=d.min_score, help=_doc("min_score"))
+    nms.add_argument("--max-seg-num", type=int, default=d.max_seg_num, help=_doc("max_seg_num"))
+    nms.add_argument("--iou-threshold", type=float, default=d.iou_threshold,
+                     help=_doc("iou_threshold"))
+    nms.add_argument("--class-agnostic", action="store_true",
+                     help="one NMS over all classes (test_cfg.nms.multiclass false)")
+    nms.add_argument("--voting-thresh", type=float, default=d.voting_thresh,
+                     help=_doc("voting_thresh"))
+    nms.add_argument("--backend", choices=NMS_BACKENDS, default=d.backend, help=_doc("backend"))
     wbf = p.add_argument_group("weighted segment fusion")
     wbf.add_argument("--wbf-iou", type=float, default=0.55, help="cluster IoU threshold")
     wbf.add_argument("--wbf-skip", type=float, default=0.0, help="ignore scores below this")
@@ -65,25 +73,23 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _settings(args: argparse.Namespace) -> NmsSettings:
-    bad = []
-    if not args.nms_sigma > 0:
-        bad.append(f"--nms-sigma {args.nms_sigma}: expected > 0")
-    if not args.min_score >= 0:
-        bad.append(f"--min-score {args.min_score}: expected >= 0")
-    if args.max_seg_num < 1:
-        bad.append(f"--max-seg-num {args.max_seg_num}: expected >= 1")
-    for name in ("iou_threshold", "voting_thresh", "wbf_iou", "wbf_skip"):
-        val = getattr(args, name)
-        if not 0.0 <= val <= 1.0 or (name == "wbf_iou" and val == 0):
-            bad.append(f"--{name.replace('_', '-')} {val}: expected a value in "
-                       f"{'(0' if name == 'wbf_iou' else '[0'}, 1]")
+def _doc(name: str) -> str:
+    return next(f.metadata["key"].doc for f in dataclasses.fields(NmsConfig) if f.name == name)
+
+
+def _settings(args: argparse.Namespace) -> NmsConfig:
+    """The NMS options checked like the config keys they mirror (one error naming the option)."""
+    raw = {"method": args.method, "sigma": args.sigma, "min_score": args.min_score,
+           "max_seg_num": args.max_seg_num, "iou_threshold": args.iou_threshold,
+           "multiclass": not args.class_agnostic, "voting_thresh": args.voting_thresh,
+           "backend": args.backend}
+    bad = [f"--{name.replace('_', '-')} {getattr(args, name)}: expected a value in "
+           f"{'(0' if name == 'wbf_iou' else '[0'}, 1]"
+           for name in ("wbf_iou", "wbf_skip") if not 0.0 <= getattr(args, name) <= 1.0
+           or (name == "wbf_iou" and getattr(args, name) == 0)]
     if bad:
         raise UserError(f"bad options (command line): {'; '.join(bad)}")
-    return NmsSettings(args.iou_threshold, args.min_score, args.max_seg_num,
-                       args.nms_method != "hard", not args.class_agnostic, args.nms_sigma,
-                       args.voting_thresh, "linear" if args.nms_method == "linear" else "gaussian",
-                       args.nms_backend)
+    return resolve_section("test_cfg.nms", raw, "command line")
 
 
 def _score(dets: Mapping[str, Dict[str, Any]], gt: Any, split_ids: List[str], where: str
@@ -131,7 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             video_ids += missing
 
     if args.mode == "pool":
-        fused = fuse_pool(runs, args.weights, settings)
+        fused = fuse_pool(runs, settings, args.weights)
         per_run = [run_nms(r, settings) for r in runs] if gt is not None else []
     else:
         per_run = [run_nms(r, settings) for r in runs]
@@ -146,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if gt is not None:
         report: Dict[str, Any] = {"task": task, "split": split,
                                   "mode": args.mode, "weights": check_weights(args.weights, len(runs)).tolist(),
-                                  "nms": settings.to_dict(), "runs": []}
+                                  "nms": dataclasses.asdict(settings), "runs": []}
         if args.mode == "wbf":
             report["wbf"] = {"iou_thr": args.wbf_iou, "skip_thr": args.wbf_skip,
                              "conf_type": args.wbf_conf}

@@ -33,7 +33,7 @@ def summarize(dataset: PerceptionDataset) -> List[str]:
     """The summary lines of a built dataset (shapes read cheaply, no feature data loaded)."""
     vids = [v.video_id for v in dataset.videos]
     durations = np.array([v.duration for v in dataset.videos], dtype=np.float64)   # (V,)
-    lines = [f"annotation file: {dataset.cfg_dataset['annotation_file']}",
+    lines = [f"annotation file: {dataset.cfg_dataset.annotation_file}",
              f"task: {dataset.task}   split(s): {', '.join(dataset.splits)}   classes: {dataset.num_classes}",
              f"videos: {len(vids)}   duration s (min / median / max): {_range(durations, '{:.2f}')}",
              "modalities (T = rows per video, min / median / max):"]
@@ -44,7 +44,7 @@ def summarize(dataset: PerceptionDataset) -> List[str]:
         tag = " primary" if i == dataset.primary else ""
         zeros = f", {len(vids) - len(present)} zero-filled" if len(present) < len(vids) else ""
         lines.append(f"  {src.name}{tag} ({src.ext}, {src.path}): files {len(present)}{zeros}, "
-                     f"T {_range(rows)}, dim {src.dim}, rows_per_step {dataset.rows_per_step[i]}, "
+                     f"T {_range(rows)}, dim {src.dim}, rows_per_step {dataset.modalities[i].rows_per_step}, "
                      f"~{np.median(rate) if rate.size else float('nan'):.2f} rows/s")
     labels = np.concatenate([v.labels for v in dataset.videos]) if vids else np.zeros(0, np.int64)
     counts = np.bincount(labels, minlength=dataset.num_classes)                   # (K,)
@@ -64,8 +64,8 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.opt)
-    splits = args.split or list(cfg["dataset"]["train_split"])
-    dataset = PerceptionDataset(cfg, splits, is_training=False)
+    splits = args.split or list(cfg.dataset.train_split)
+    dataset = PerceptionDataset.from_config(cfg, splits, is_training=False)
     print("\n".join(summarize(dataset)))
     return 0
 

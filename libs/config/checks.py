@@ -1,43 +1,55 @@
-"""Cross-field checks of a resolved config (SPEC s.7): constraints between keys that one key's
-type/range cannot express (one primary modality, window/level counts, divisibility of
-``dataset.max_seq_len``, ...). Each problem is one message naming the key."""
+"""Cross-field checks of a type-checked config and the derived values, each computed once at load.
+
+The checks are constraints between keys that one key's type/range cannot express (one primary
+modality, window/level counts, divisibility of ``dataset.max_seq_len``, ...); each problem is one
+message naming the key and the file. :func:`compute_derived` gives the ``derived`` section.
+"""
 from __future__ import annotations
 
-from typing import Any, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from libs.config.schema import SCHEMA
+from libs.config.spec import SCHEMA, show_value
 
 
-def show_value(value: Any) -> str:
-    """A value as it reads in an error message (YAML-like, strings quoted, one line)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        text = repr(value)
-    elif isinstance(value, (list, tuple)):
-        text = "[" + ", ".join(show_value(v) for v in value) + "]"
-    elif isinstance(value, dict):
-        text = "{" + ", ".join(f"{k}: {show_value(v)}" for k, v in value.items()) + "}"
-    else:
-        text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def level_div_factors(strides: Sequence[int], windows: Sequence[int]) -> List[int]:
+    """Per pyramid level, the multiple its input length must be: ``s * (w // 2) * 2`` for a local
+    attention window ``w > 1``, else ``s`` (global attention), with ``s`` the level's stride."""
+    return [s * (w // 2) * 2 if w > 1 else s for s, w in zip(strides, windows)]
 
 
 def _level_factors(model_cfg: Mapping[str, Any]) -> List[int]:
-    out = []
-    for level in range(model_cfg["backbone_arch"][2] + 1):
-        s, w = model_cfg["scale_factor"] ** level, model_cfg["n_mha_win_size"][level]
-        out.append(s * (w // 2) * 2 if w > 1 else s)
-    return out
+    strides = [model_cfg["scale_factor"] ** lvl for lvl in range(model_cfg["backbone_arch"][2] + 1)]
+    return level_div_factors(strides, model_cfg["n_mha_win_size"])
 
 
-def max_div_factor(model_cfg: Mapping[str, Any]) -> int:
-    """The multiple every padded input length must be: the max over pyramid levels ``l`` of
-    ``s * (w // 2) * 2`` (local window ``w > 1``) or ``s`` (global attention), where
-    ``s = scale_factor ** l`` and ``w = n_mha_win_size[l]`` (a resolved ``cfg["model"]``)."""
-    return max(_level_factors(model_cfg))
+def input_groups(modalities: Sequence[Mapping[str, Any]], backbone: str,
+                 proj_dims: Optional[Sequence[int]]) -> Tuple[List[int], Optional[List[int]]]:
+    """``(input channel groups, projection width per group or None)`` of the backbone.
+
+    ``single_stream``: one group per modality (``dim * rows_per_step`` channels), no projection.
+    ``fusion``: one group per stacked row (``rows_per_step`` groups of ``dim`` channels per
+    modality, the original TAL layout: BEATs 768 x 2 -> 768, 768) unless ``proj_dims`` has one entry
+    per modality (and another count of row groups), then one group per modality. With
+    ``proj_dims`` null each group keeps its width.
+    """
+    modal = [m["dim"] * m["rows_per_step"] for m in modalities]
+    if backbone != "fusion":
+        return modal, None
+    rows = [m["dim"] for m in modalities for _ in range(m["rows_per_step"])]
+    if proj_dims is None:
+        return rows, list(rows)
+    if len(proj_dims) == len(rows):
+        return rows, list(proj_dims)
+    return modal, list(proj_dims)
+
+
+def compute_derived(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``derived`` section of a checked config (see ``libs.config.schema.Derived``)."""
+    mods, model = cfg["dataset"]["modalities"], cfg["model"]
+    dims = [m["dim"] * m["rows_per_step"] for m in mods]
+    groups, proj = input_groups(mods, model["backbone"], model["proj_dims"])
+    return {"input_dims": dims, "input_dim": sum(dims), "input_groups": groups,
+            "group_proj_dims": proj, "max_div_factor": max(_level_factors(model))}
 
 
 def check_cross_fields(cfg: dict, source: str) -> List[str]:
@@ -127,6 +139,3 @@ def check_cross_fields(cfg: dict, source: str) -> List[str]:
             err("dataset.max_seq_len", f"expected a multiple of {bad[0]} ({what}), "
                 f"got {ds['max_seq_len']}")
     return errs
-
-
-# ----------------------------------------------------------------------------- derived

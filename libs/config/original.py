@@ -21,7 +21,8 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from libs.config.schema import SCHEMA, TASKS
+from libs.config.schema import TASKS
+from libs.config.spec import SCHEMA
 from libs.common.errors import UserError, format_problems
 
 __all__ = ["is_original_config", "convert_original_config", "ORIGINAL_DEFAULTS", "RENAMES"]
@@ -68,6 +69,9 @@ RENAMES: Dict[str, str] = {
     "dataset.default_fps": "dataset.fps", "model.fpn_type": "model.neck",
     "train_cfg.clip_grad_l2norm": "opt.clip_grad_l2norm", "train_cfg.dropout": "model.dropout",
     "train_cfg.droppath": "model.droppath",
+    "test_cfg.nms_sigma": "test_cfg.nms.sigma", "test_cfg.min_score": "test_cfg.nms.min_score",
+    "test_cfg.max_seg_num": "test_cfg.nms.max_seg_num",
+    "test_cfg.multiclass_nms": "test_cfg.nms.multiclass",
 }
 
 _TOP = ("dataset_name", "model_name", "devices", "init_rand_seed", "train_split", "val_split",
@@ -457,13 +461,17 @@ class _Converter:
         t = self.o["test_cfg"]
         if t["nms_method"] not in ("soft", "hard"):
             raise self._err("test_cfg.nms_method", "expected 'soft' or 'hard'", t["nms_method"])
+        nms = self.out["test_cfg"].setdefault("nms", {})
+        nms["method"] = "gaussian" if t["nms_method"] == "soft" else "hard"
+        self.notes.append(f"test_cfg.nms_method {_fmt(t['nms_method'])} -> test_cfg.nms.method "
+                          f"{_fmt(nms['method'])}")
         if t["nms_method"] == "soft":
             if self._given("test_cfg.iou_threshold"):
                 self.notes.append("test_cfg.iou_threshold dropped: unused by Gaussian soft-NMS")
         else:
-            self.out["test_cfg"]["iou_threshold"] = t["iou_threshold"]
+            nms["iou_threshold"] = t["iou_threshold"]
         if t["multiclass_nms"] is False:
-            self.out["test_cfg"]["voting_thresh"] = t["voting_thresh"]
+            nms["voting_thresh"] = t["voting_thresh"]
         elif self._given("test_cfg.voting_thresh"):
             self.notes.append("test_cfg.voting_thresh dropped: unused with multiclass_nms")
 
@@ -483,4 +491,4 @@ def _schema_default(dotted: str) -> Any:
     spec: Any = SCHEMA
     for part in dotted.split("."):
         spec = spec[part]
-    return spec.default
+    return _plain(spec.default)

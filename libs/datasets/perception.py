@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, List, Mapping, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from libs.common.errors import UserError, format_problems
+from libs.config.schema import Config, DatasetConfig
 
 from .annotations import VideoRecord, load_annotations
 from .crop import truncate_feats
@@ -64,21 +65,22 @@ class PerceptionDataset(Dataset):
     docs/architecture.md). ``set_epoch`` (or ``(epoch, index)`` keys from the loader's sampler)
     makes training crops depend only on ``(seed, epoch, index)``."""
 
-    def __init__(self, cfg: Mapping[str, Any], splits: Sequence[str], is_training: bool) -> None:
-        ds = cfg["dataset"]
-        self.cfg_dataset: Mapping[str, Any] = ds
-        self.task: str = cfg["task"]
-        self.seed: int = int(cfg.get("seed", 0))
-        self.num_classes: int = int(ds["num_classes"])
-        self.splits: List[str] = [str(s) for s in splits]
+    def __init__(self, dataset_cfg: DatasetConfig, *, task: str, seed: int, splits: Sequence[str],
+                 is_training: bool) -> None:
+        ds = dataset_cfg
+        self.cfg_dataset = ds
+        self.task = task
+        self.seed = seed
+        self.num_classes = ds.num_classes
+        self.splits: List[str] = list(splits)
         self.is_training = bool(is_training)
-        self.max_seq_len = int(ds["max_seq_len"])
-        self.force_upsampling = bool(ds.get("force_upsampling", True))
-        self.use_cache = bool(ds.get("cache", True))
+        self.max_seq_len = ds.max_seq_len
+        self.force_upsampling = ds.force_upsampling
+        self.use_cache = ds.cache
         self.epoch = 0
 
-        ann = load_annotations(ds["annotation_file"], self.task, self.num_classes, self.splits,
-                               end_tolerance=float(ds.get("end_tolerance", 1.0)))
+        ann = load_annotations(ds.annotation_file, self.task, self.num_classes, self.splits,
+                               end_tolerance=ds.end_tolerance)
         videos = ann.videos
         if self.is_training:
             kept = [v for v in videos if not (v.split == "test" and v.num_events == 0)]
@@ -87,28 +89,22 @@ class PerceptionDataset(Dataset):
                             len(videos) - len(kept))
             if not kept:
                 raise UserError(f"no training video with events (split(s) {', '.join(self.splits)}, "
-                                f"{ds['annotation_file']}): expected labelled videos")
+                                f"{ds.annotation_file}): expected labelled videos")
             videos = kept
         self.videos: List[VideoRecord] = videos
         self.label_names: Dict[int, str] = ann.label_names
 
-        mods = list(ds["modalities"])
-        primaries = [i for i, m in enumerate(mods) if m.get("primary", False)]
-        if len(primaries) != 1:
-            raise UserError(f"{len(primaries)} primary modalities (dataset.modalities): expected exactly one "
-                            "with primary: true")
-        self.primary = primaries[0]
-        if int(mods[self.primary].get("rows_per_step", 1)) != 1:
-            raise UserError(f"primary modality '{mods[self.primary]['name']}' has rows_per_step "
-                            f"{mods[self.primary]['rows_per_step']} (dataset.modalities): expected 1")
-        self.modalities = mods
-        self.rows_per_step = [int(m.get("rows_per_step", 1)) for m in mods]
-        self.resample = [str(m.get("resample", "endpoint")) for m in mods]
-        self.sources = [FeatureSource(m["name"], m["path"], m.get("ext"), int(m["dim"])) for m in mods]
-        self.input_dims: List[int] = [s.dim * k for s, k in zip(self.sources, self.rows_per_step)]
-        self.zero_filled: List[Set[str]] = [set() for _ in mods]
-        self._check_files(str(ds.get("on_missing", "error")))
+        self.modalities = ds.modalities
+        self.primary = next(i for i, m in enumerate(ds.modalities) if m.primary)  # one, checked at load
+        self.sources = [FeatureSource(m.name, m.path, m.ext, m.dim) for m in ds.modalities]
+        self.zero_filled: List[Set[str]] = [set() for _ in ds.modalities]
+        self._check_files(ds.on_missing)
         self._cache: Dict[int, Tuple[torch.Tensor, TimeGrid]] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Config, splits: Sequence[str], is_training: bool) -> "PerceptionDataset":
+        """The videos of ``splits`` of the config's dataset (``dataset``, ``task``, ``seed``)."""
+        return cls(cfg.dataset, task=cfg.task, seed=cfg.seed, splits=splits, is_training=is_training)
 
     # -- checks -----------------------------------------------------------------------------------
     def _check_files(self, on_missing: str) -> None:
@@ -155,14 +151,14 @@ class PerceptionDataset(Dataset):
         primary = self.sources[self.primary].read(vid)                          # (T, C_p)
         t = primary.shape[0]
         parts: List[np.ndarray] = []
-        for i, src in enumerate(self.sources):
-            k = self.rows_per_step[i]
+        for i, (src, mod) in enumerate(zip(self.sources, self.modalities)):
+            k = mod.rows_per_step
             if i == self.primary:
                 parts.append(primary)
             elif vid in self.zero_filled[i]:
                 parts.append(np.zeros((t, k * src.dim), dtype=np.float32))
             else:
-                x = resample_rows(src.read(vid), k * t, self.resample[i])      # (k*T, C_i)
+                x = resample_rows(src.read(vid), k * t, mod.resample)          # (k*T, C_i)
                 parts.append(stack_rows(x, t, k))                               # (T, k*C_i)
         feats = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=1).T))  # (C, T)
         grid = make_time_grid(self.cfg_dataset, t, rec.duration)
@@ -200,8 +196,8 @@ class PerceptionDataset(Dataset):
             ds = self.cfg_dataset
             rng = np.random.default_rng([self.seed, epoch, index])
             feats, segments, labels = truncate_feats(
-                feats, segments, labels, self.max_seq_len, float(ds.get("trunc_thresh", 0.5)),
-                ds.get("crop_ratio"), grid.offset, rng)
+                feats, segments, labels, self.max_seq_len, ds.trunc_thresh, ds.crop_ratio,
+                grid.offset, rng)
         if self.use_cache and feats is self._cache.get(index, (None,))[0]:
             feats = feats.clone()  # callers may modify items in place; keep the cache intact
         return {

@@ -7,12 +7,13 @@ Both work on floats, numpy arrays and torch tensors and keep the input's dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from libs.common.errors import UserError
+from libs.config.schema import DatasetConfig
 
 ArrayT = TypeVar("ArrayT", float, np.ndarray, torch.Tensor)
 
@@ -48,7 +49,7 @@ class TimeGrid:
         return min(max(float(x), 0.0), self.duration)
 
 
-def make_time_grid(dataset_cfg: Mapping[str, Any], t_primary: int, duration: float) -> TimeGrid:
+def make_time_grid(dataset_cfg: DatasetConfig, t_primary: int, duration: float) -> TimeGrid:
     """The grid of a video with ``t_primary`` primary rows and ``duration`` seconds.
 
     ``stride`` mode (the original, seed s.2.2): with force_upsampling
@@ -58,25 +59,17 @@ def make_time_grid(dataset_cfg: Mapping[str, Any], t_primary: int, duration: flo
     ``feat_stride = num_frames = 1`` (so ``grid = seconds / duration * L - 0.5``).
     """
     assert t_primary >= 1, t_primary
-    mode = dataset_cfg.get("time_grid", "duration")
-    force = bool(dataset_cfg.get("force_upsampling", True))
-    max_seq_len = int(dataset_cfg["max_seq_len"])
+    mode, force, max_seq_len = dataset_cfg.time_grid, dataset_cfg.force_upsampling, dataset_cfg.max_seq_len
     if mode == "duration":
         if not duration > 0:
             raise UserError(f"video duration is {duration} s (time_grid 'duration'): expected > 0")
         length = max_seq_len if force else int(t_primary)
         return TimeGrid(fps=length / float(duration), feat_stride=1.0, num_frames=1.0,
                         duration=float(duration))
-    if mode == "stride":
-        fps = dataset_cfg.get("fps")
-        if fps is None:
-            raise UserError("dataset.fps is null (config, time_grid 'stride'): expected the feature "
-                            "clock's frame rate (the original's default_fps)")
-        feat_stride = float(dataset_cfg["feat_stride"])
-        num_frames = float(dataset_cfg["num_frames"])
-        if force:
-            stride = ((t_primary - 1) * feat_stride + num_frames) / max_seq_len
-            return TimeGrid(fps=float(fps), feat_stride=stride, num_frames=stride, duration=float(duration))
-        return TimeGrid(fps=float(fps), feat_stride=feat_stride, num_frames=num_frames,
-                        duration=float(duration))
-    raise UserError(f"unknown dataset.time_grid {mode!r} (config): expected 'duration' or 'stride'")
+    assert mode == "stride" and dataset_cfg.fps is not None, "checked at config load"
+    fps, feat_stride, num_frames = dataset_cfg.fps, dataset_cfg.feat_stride, dataset_cfg.num_frames
+    if force:
+        stride = ((t_primary - 1) * feat_stride + num_frames) / max_seq_len
+        return TimeGrid(fps=float(fps), feat_stride=stride, num_frames=stride, duration=float(duration))
+    return TimeGrid(fps=float(fps), feat_stride=feat_stride, num_frames=num_frames,
+                    duration=float(duration))

@@ -7,7 +7,7 @@ have it):
 
 * **pool** (:func:`fuse_pool`, the original's "pre-NMS candidate pooling"): concatenate every
   run's candidates, scores multiplied by the run's weight (weights are used as given, default 1),
-  then ONE NMS with the usual settings (:class:`NmsSettings`: Gaussian soft-NMS per class,
+  then ONE NMS with the usual settings (:class:`libs.config.schema.NmsConfig`: Gaussian soft-NMS per class,
   sigma 0.4, min score 0.001, at most 500 per video). Kept segments are clipped to
   ``[0, duration]`` as ``eval.py`` does.
 * **wbf** (:func:`weighted_segment_fusion`, 1-D Weighted Box Fusion): per (video, class), all
@@ -24,6 +24,7 @@ have it):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -31,7 +32,8 @@ import numpy as np
 import torch
 
 from libs.common.errors import UserError
-from libs.ops.nms import NmsSettings, batched_nms_videos
+from libs.config.schema import NmsConfig
+from libs.ops.nms import batched_nms_videos
 from libs.evaluation.raw_candidates import META_REQUIRED, Cands
 
 logger = logging.getLogger(__name__)
@@ -99,7 +101,7 @@ def pool_candidates(runs: Runs, weights: Optional[Sequence[float]] = None) -> Di
     return out
 
 
-def run_nms(cands: Mapping[str, Cands], settings: NmsSettings = NmsSettings()) -> Dict[str, Cands]:
+def run_nms(cands: Mapping[str, Cands], settings: NmsConfig) -> Dict[str, Cands]:
     """NMS of each video's candidates (seconds), kept segments clipped to ``[0, duration]``."""
     vids = list(cands)
     out: Dict[str, Cands] = {}
@@ -109,7 +111,7 @@ def run_nms(cands: Mapping[str, Cands], settings: NmsSettings = NmsSettings()) -
                   torch.from_numpy(np.asarray(cands[v]["scores"], np.float32).reshape(-1)),
                   torch.from_numpy(np.asarray(cands[v]["labels"], np.int64).reshape(-1)))
                  for v in chunk]
-        kept = batched_nms_videos(items, **settings.to_dict())
+        kept = batched_nms_videos(items, **dataclasses.asdict(settings))
         for v, (segs, scores, labels) in zip(chunk, kept):
             dur = float(cands[v]["duration"])
             out[v] = {"segments": np.clip(segs.numpy(), 0.0, dur).astype(np.float32),
@@ -117,8 +119,8 @@ def run_nms(cands: Mapping[str, Cands], settings: NmsSettings = NmsSettings()) -
     return out
 
 
-def fuse_pool(runs: Runs, weights: Optional[Sequence[float]] = None,
-              settings: NmsSettings = NmsSettings()) -> Dict[str, Cands]:
+def fuse_pool(runs: Runs, settings: NmsConfig,
+              weights: Optional[Sequence[float]] = None) -> Dict[str, Cands]:
     """Pre-NMS candidate pooling followed by one NMS per video (module docstring)."""
     return run_nms(pool_candidates(runs, weights), settings)
 

@@ -1,7 +1,10 @@
-"""The inference loop: decode per level, NMS, grid cells -> seconds (shared by eval.py,
-validation during training and the tools)."""
+"""Inference: decode per level, NMS, grid cells -> seconds; predicting and scoring a split.
+
+Shared by eval.py, validation during training and the tools.
+"""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Callable, List, Optional
@@ -13,13 +16,17 @@ from tqdm import tqdm
 from libs.common.distributed import unwrap_model
 from libs.common.errors import UserError
 from libs.modeling.decode import decode_candidates
-from libs.ops.nms import NmsSettings, batched_nms_videos
+from libs.config.schema import Config, NmsConfig, TestCfgConfig
+from libs.datasets import PerceptionDataset, make_loader
+from libs.evaluation.metrics import (MetricResult, evaluate_map, ground_truth_from_records,
+                                     predictions_from_detections)
+from libs.ops.nms import batched_nms_videos
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, test_cfg: dict, device: torch.device,
+def predict(model: nn.Module, loader, test_cfg: TestCfgConfig, device: torch.device,
             raw_hook: Optional[Callable[[str, dict, object], None]] = None,
             show_progress: bool = True) -> List[dict]:
     """Detections for every video of ``loader``: decode per level, NMS, grid cells -> seconds.
@@ -30,8 +37,8 @@ def predict(model: nn.Module, loader, test_cfg: dict, device: torch.device,
     """
     model.eval()
     core = unwrap_model(model)
-    nms_kwargs = NmsSettings.from_test_cfg(test_cfg).to_dict()
-    on_gpu = device.type == "cuda" and test_cfg["nms_backend"] in ("auto", "cuda")
+    nms_kwargs = dataclasses.asdict(test_cfg.nms)
+    on_gpu = device.type == "cuda" and test_cfg.nms.backend in ("auto", "cuda")
     limit = core.point_generator.max_buffer_len  # longest input (grid cells) the points cover
     results: List[dict] = []
     start = time.time()
@@ -49,7 +56,7 @@ def predict(model: nn.Module, loader, test_cfg: dict, device: torch.device,
         outputs = core(feats, masks)
         candidates = decode_candidates(
             outputs["points"], outputs["cls_logits"], outputs["offsets"], outputs["fpn_masks"],
-            test_cfg["pre_nms_thresh"], test_cfg["pre_nms_topk"], test_cfg["duration_thresh"])
+            test_cfg.pre_nms_thresh, test_cfg.pre_nms_topk, test_cfg.duration_thresh)
         if not on_gpu:
             candidates = [{k: v.cpu() for k, v in c.items()} for c in candidates]
         if raw_hook is not None:
@@ -65,9 +72,32 @@ def predict(model: nn.Module, loader, test_cfg: dict, device: torch.device,
     return results
 
 
-def nms_settings_summary(test_cfg: dict) -> str:
+def nms_settings_summary(nms: NmsConfig) -> str:
     """One line describing the post-processing, for logs."""
-    return (f"NMS {test_cfg['nms_method']} (sigma {test_cfg['nms_sigma']}, iou {test_cfg['iou_threshold']}), "
-            f"{'per class' if test_cfg['multiclass_nms'] else 'class-agnostic'}, min score "
-            f"{test_cfg['min_score']}, max {test_cfg['max_seg_num']} per video, backend "
-            f"{test_cfg['nms_backend']}")
+    return (f"NMS {nms.method} (sigma {nms.sigma}, iou {nms.iou_threshold}), "
+            f"{'per class' if nms.multiclass else 'class-agnostic'}, min score {nms.min_score}, "
+            f"max {nms.max_seg_num} per video, backend {nms.backend}")
+
+
+def predict_dataset(model: nn.Module, dataset: PerceptionDataset, cfg: Config, device: torch.device,
+                    raw_hook=None, show_progress: bool = True) -> List[dict]:
+    """Detections (seconds) for every video of ``dataset``, in dataset order (``cfg.loader``
+    batching, ``cfg.test_cfg`` post-processing; inputs padded to the model's max_div_factor)."""
+    loader = make_loader(dataset, batch_size=cfg.loader.eval_batch_size,
+                         num_workers=cfg.loader.num_workers, is_training=False, seed=cfg.seed,
+                         max_seq_len=cfg.dataset.max_seq_len,
+                         max_div_factor=unwrap_model(model).max_div_factor)
+    return predict(model, loader, cfg.test_cfg, device, raw_hook=raw_hook,
+                   show_progress=show_progress)
+
+
+def score_detections(detections: List[dict], dataset: PerceptionDataset) -> MetricResult:
+    """mAP of ``detections`` against the dataset's ground truth."""
+    gt = ground_truth_from_records(dataset.videos)
+    return evaluate_map(gt, predictions_from_detections(detections))
+
+
+def evaluate_model(model: nn.Module, dataset: PerceptionDataset, cfg: Config,
+                   device: torch.device) -> MetricResult:
+    """Validation during training: predict the split and return its metrics."""
+    return score_detections(predict_dataset(model, dataset, cfg, device, show_progress=False), dataset)

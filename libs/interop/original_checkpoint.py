@@ -2,8 +2,8 @@
 
 The original ``*.pth.tar`` files hold ``{'epoch', 'state_dict', 'state_dict_ema', 'optimizer',
 'scheduler'}``; both state dicts come from an ``nn.DataParallel`` wrapper, so every key starts with
-``module.``. Our module names equal the original names without that prefix (``RENAMES`` lists the
-exceptions: none), so the conversion strips the prefix and checks, strictly, that every original
+``module.``. Our module names equal the original names without that prefix, so the conversion
+strips the prefix and checks, strictly, that every original
 key is used, every model parameter is filled and every shape agrees. Any mismatch is one
 :class:`UserError` naming the keys and shapes.
 
@@ -16,7 +16,6 @@ key is used, every model parameter is filled and every shape agrees. Any mismatc
 """
 from __future__ import annotations
 
-import copy
 import logging
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -25,13 +24,11 @@ import torch
 import torch.nn as nn
 
 from libs.common.errors import UserError
+from libs.config.schema import Config
 
 log = logging.getLogger(__name__)
 
-PREFIX = "module."
-# original name (without ``module.``) -> our name; our modules mirror the original, so none.
-RENAMES: Dict[str, str] = {}
-_RENAMES_BACK: Dict[str, str] = {v: k for k, v in RENAMES.items()}
+PREFIX = "module."   # our module names are the original's without it
 # keys of our checkpoints that the original never writes
 _OUR_KEYS = ("config", "ema", "global_step", "loss_normalizer", "rng_state", "label_map")
 _SHOW = 5  # keys listed per kind of problem
@@ -98,7 +95,7 @@ def _strip(original_sd: Mapping[str, Any], where: str) -> "OrderedDict[str, Tupl
             not_tensor.append(f"{key} ({type(value).__name__})")
             continue
         name = key[len(PREFIX):] if prefixed else key
-        out[RENAMES.get(name, name)] = (key, value)
+        out[name] = (key, value)
     if not_tensor:
         raise UserError(f"state dict values are not tensors ({where}): {_listing(not_tensor)}; "
                         "expected one tensor per parameter")
@@ -106,7 +103,7 @@ def _strip(original_sd: Mapping[str, Any], where: str) -> "OrderedDict[str, Tupl
 
 
 def _original_name(ours: str) -> str:
-    return PREFIX + _RENAMES_BACK.get(ours, ours)
+    return PREFIX + ours
 
 
 def convert_state_dict(original_sd: Mapping[str, Any], model: nn.Module, where: str) -> Dict[str, torch.Tensor]:
@@ -146,8 +143,7 @@ def convert_state_dict(original_sd: Mapping[str, Any], model: nn.Module, where: 
 
 
 def _strip_name(key: str) -> str:
-    name = key[len(PREFIX):] if key.startswith(PREFIX) else key
-    return RENAMES.get(name, name)
+    return key[len(PREFIX):] if key.startswith(PREFIX) else key
 
 
 def export_original_state_dict(our_sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -155,7 +151,7 @@ def export_original_state_dict(our_sd: Mapping[str, torch.Tensor]) -> Dict[str, 
     return OrderedDict((_original_name(k), v) for k, v in our_sd.items())
 
 
-def convert_original_checkpoint(ckpt: Mapping[str, Any], model: nn.Module, cfg: Optional[Mapping[str, Any]],
+def convert_original_checkpoint(ckpt: Mapping[str, Any], model: nn.Module, cfg: Optional[Config],
                                 where: str) -> Dict[str, Any]:
     """An original checkpoint -> our checkpoint format, checked strictly against ``model``.
 
@@ -190,7 +186,7 @@ def convert_original_checkpoint(ckpt: Mapping[str, Any], model: nn.Module, cfg: 
         "epoch": epoch,
         "state_dict": state_dict,
         "state_dict_ema": state_dict_ema,
-        "config": copy.deepcopy(dict(cfg)) if cfg is not None else None,
+        "config": cfg.to_dict() if cfg is not None else None,
         "label_map": {},
         "converted_from": str(where),
     }

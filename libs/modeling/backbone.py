@@ -6,21 +6,22 @@ features ``(B, out_channels, T / strides[l])`` and masks ``(B, 1, T / strides[l]
 pyramid level. It exposes ``out_channels: int``, ``strides: list[int]`` and
 ``max_div_factor: int`` (inputs must have a length divisible by it).
 
-- ``single_stream`` (the original ``convTransformer``): input channels = ``sum(input_dims)``.
-- ``fusion`` (the original ``convTransformerMM1``): the input is split into ``input_dims``
+- ``single_stream`` (the original ``convTransformer``): input channels = ``sum(input_groups)``.
+- ``fusion`` (the original ``convTransformerMM1``): the input is split into ``input_groups``
   groups, each projected by its own 1x1 ``MaskedConv1D`` with bias (``proj.{i}``) to
-  ``proj_dims[i]`` channels, the projections are concatenated and the rest is the single-stream
-  trunk at width ``embd_dim`` (the fused width).
+  ``group_proj_dims[i]`` channels, the projections are concatenated and the rest is the
+  single-stream trunk at width ``embd_dim`` (the fused width).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from libs.common.registry import Registry
+from libs.config.checks import level_div_factors
 
 from .blocks import TransformerBlock
 from .layers import MaskedConv1D, maybe_norm
@@ -32,7 +33,7 @@ register_backbone = BACKBONES.register
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """Instantiate the backbone registered as ``name`` with keyword arguments ``kwargs``.
 
-    Accepted keywords: ``input_dims, proj_dims, embd_dim, n_head, max_seq_len, backbone_arch,
+    Accepted keywords: ``input_groups, group_proj_dims, embd_dim, n_head, max_seq_len, backbone_arch,
     scale_factor, n_mha_win_size, embd_kernel_size, embd_with_ln, use_abs_pe, use_rel_pe,
     dropout, droppath``.
     """
@@ -53,26 +54,12 @@ def sinusoid_table(length: int, channels: int) -> torch.Tensor:
     return table / (channels ** 0.5)
 
 
-def level_windows(n_mha_win_size: Union[int, Sequence[int]], num_levels: int) -> List[int]:
-    """Per-level attention windows; an int is replicated over all levels."""
-    if isinstance(n_mha_win_size, int):
-        return [n_mha_win_size] * num_levels
-    windows = list(n_mha_win_size)
-    assert len(windows) == num_levels, "one attention window per pyramid level"
-    return windows
-
-
-def max_div_factor(strides: Sequence[int], windows: Sequence[int]) -> int:
-    """max over levels of ``s * (w // 2) * 2`` (local window w > 1) or ``s`` (global)."""
-    return max(s * (w // 2) * 2 if w > 1 else s for s, w in zip(strides, windows))
-
-
 class _ConvTransformer(nn.Module):
     """Shared trunk: [projection] -> embedding convs -> abs PE -> stem -> branch."""
 
     def __init__(self, *, embd_in: int, proj: Optional[Sequence[Tuple[int, int]]], embd_dim: int,
                  n_head: int, max_seq_len: int, backbone_arch: Sequence[int],
-                 scale_factor: int, n_mha_win_size: Union[int, Sequence[int]],
+                 scale_factor: int, n_mha_win_size: Sequence[int],
                  embd_kernel_size: int, embd_with_ln: bool, use_abs_pe: bool,
                  use_rel_pe: bool, dropout: float, droppath: float) -> None:
         super().__init__()
@@ -81,8 +68,9 @@ class _ConvTransformer(nn.Module):
         self.use_abs_pe = use_abs_pe
         self.out_channels = embd_dim
         self.strides = [scale_factor ** i for i in range(n_branch + 1)]
-        self.windows = level_windows(n_mha_win_size, n_branch + 1)
-        self.max_div_factor = max_div_factor(self.strides, self.windows)
+        self.windows = list(n_mha_win_size)
+        assert len(self.windows) == n_branch + 1, "one attention window per pyramid level"
+        self.max_div_factor = max(level_div_factors(self.strides, self.windows))
         self.in_groups: Optional[List[int]] = None
         if proj is not None:
             self.in_groups = [c_in for c_in, _ in proj]
@@ -138,40 +126,31 @@ class _ConvTransformer(nn.Module):
         return feats, masks
 
 
-_TRUNK_DEFAULTS = dict(backbone_arch=(2, 2, 5), scale_factor=2, n_mha_win_size=-1, embd_kernel_size=3,
-                       embd_with_ln=True, use_abs_pe=False, use_rel_pe=False, dropout=0.0, droppath=0.0)
-
-
 @register_backbone("single_stream")
 class SingleStreamBackbone(_ConvTransformer):
-    """The original ``convTransformer`` on the concatenated input (``sum(input_dims)`` channels)."""
+    """The original ``convTransformer`` on the concatenated input (``sum(input_groups)``
+    channels); ``group_proj_dims`` must be None."""
 
-    def __init__(self, *, input_dims: Sequence[int], embd_dim: int, n_head: int, max_seq_len: int,
-                 proj_dims: Optional[Sequence[int]] = None, **trunk) -> None:
-        if proj_dims is not None:
-            raise ValueError("single_stream backbone takes no proj_dims")
-        super().__init__(embd_in=int(sum(input_dims)), proj=None, embd_dim=embd_dim, n_head=n_head,
-                         max_seq_len=max_seq_len, **{**_TRUNK_DEFAULTS, **trunk})
+    def __init__(self, *, input_groups: Sequence[int], group_proj_dims: Optional[Sequence[int]],
+                 **trunk) -> None:
+        assert group_proj_dims is None, "single_stream backbone takes no projections"
+        super().__init__(embd_in=int(sum(input_groups)), proj=None, **trunk)
 
 
 @register_backbone("fusion")
 class FusionBackbone(_ConvTransformer):
     """The original ``convTransformerMM1``: per-group 1x1 projections, concat, then the trunk.
 
-    ``proj_dims`` (one per input group; None: same as ``input_dims``) are the projection widths;
-    ``embd_dim`` is the fused width produced by the first embedding conv.
+    ``group_proj_dims`` (one per input group) are the projection widths; ``embd_dim`` is the
+    fused width produced by the first embedding conv.
     """
 
-    def __init__(self, *, input_dims: Sequence[int], embd_dim: int, n_head: int, max_seq_len: int,
-                 proj_dims: Optional[Sequence[int]] = None, **trunk) -> None:
-        proj_dims = list(input_dims) if proj_dims is None else list(proj_dims)
-        if len(proj_dims) != len(input_dims):
-            raise ValueError(f"fusion backbone: {len(proj_dims)} proj_dims for {len(input_dims)} "
-                             "input groups")
-        super().__init__(embd_in=int(sum(proj_dims)), proj=list(zip(input_dims, proj_dims)),
-                         embd_dim=embd_dim, n_head=n_head, max_seq_len=max_seq_len,
-                         **{**_TRUNK_DEFAULTS, **trunk})
+    def __init__(self, *, input_groups: Sequence[int], group_proj_dims: Sequence[int],
+                 **trunk) -> None:
+        assert len(group_proj_dims) == len(input_groups), "one projection width per input group"
+        super().__init__(embd_in=int(sum(group_proj_dims)),
+                         proj=list(zip(input_groups, group_proj_dims)), **trunk)
 
 
-__all__ = ["BACKBONES", "register_backbone", "build_backbone", "sinusoid_table", "max_div_factor",
+__all__ = ["BACKBONES", "register_backbone", "build_backbone", "sinusoid_table",
            "SingleStreamBackbone", "FusionBackbone"]

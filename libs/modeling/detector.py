@@ -1,36 +1,29 @@
 """The ActionFormer detector network: backbone -> neck -> shared heads, plus candidate points.
 
 ``Detector`` takes typed keyword arguments named like the config keys and works without a
-config; :meth:`Detector.from_config` is the only place that reads the config.
-
-Input groups of the ``fusion`` backbone (rule used by ``from_config``): each modality of
-``dataset.modalities`` contributes ``rows_per_step`` channel blocks of ``dim`` channels
-(``cfg['derived']['input_dims'][i] = dim * rows_per_step``).
-- ``model.proj_dims`` null or with one entry per *row group* (sum of ``rows_per_step``): each
-  stacked row is its own projection group, as in the original TAL layout (BEATs 768 x 2 ->
-  groups 768, 768). With null, each group keeps its width.
-- ``model.proj_dims`` with one entry per *modality* (and a different count of row groups): each
-  modality is one projection group of ``dim * rows_per_step`` channels.
-- Any other length is a config error.
-The ``single_stream`` backbone sees the concatenation (``sum(input_dims)`` channels).
+config; :meth:`Detector.from_config` is the only place that reads a config, and
+:meth:`Detector.from_checkpoint` rebuilds a trained model from the config its checkpoint carries.
+The backbone's input channel groups (``input_groups``, ``group_proj_dims``) are computed once, at
+config load (``libs/config/checks.py: input_groups``).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from libs.common.checkpoints import load_checkpoint
 from libs.common.errors import UserError
+from libs.config import Config, resolve_config
 
 from .backbone import build_backbone
 from .heads import ClsHead, RegHead
 from .layers import AffineDropPath
 from .neck import build_neck
 from .points import PointGenerator
-
-DEFAULT_RANGES = ((0, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 10000))
-
 
 class Detector(nn.Module):
     """ActionFormer network. ``forward(feats (B, C, T), masks (B, 1, T) bool) -> dict``:
@@ -43,34 +36,28 @@ class Detector(nn.Module):
     buffers (``max_seq_len * max_buffer_len_factor``).
     """
 
-    def __init__(self, *, input_dims: Sequence[int], num_classes: int, max_seq_len: int,
-                 backbone: str = "single_stream", proj_dims: Optional[Sequence[int]] = None,
-                 backbone_arch: Sequence[int] = (2, 2, 5), scale_factor: int = 2, n_head: int = 8,
-                 n_mha_win_size: Union[int, Sequence[int]] = (7, 7, 7, 7, 7, -1),
-                 embd_kernel_size: int = 3, embd_dim: int = 512, embd_with_ln: bool = True,
-                 neck: str = "identity", fpn_dim: Optional[int] = None, fpn_with_ln: bool = True,
-                 fpn_start_level: int = 0, head_dim: Optional[int] = None, head_kernel_size: int = 3,
-                 head_num_layers: int = 3, head_with_ln: bool = True,
-                 max_buffer_len_factor: float = 1.0, use_abs_pe: bool = True, use_rel_pe: bool = False,
-                 regression_range: Sequence[Sequence[float]] = DEFAULT_RANGES, dropout: float = 0.0,
-                 droppath: float = 0.1, cls_prior_prob: float = 0.01,
-                 head_empty_cls: Sequence[int] = ()) -> None:
+    def __init__(self, *, input_groups: Sequence[int], group_proj_dims: Optional[Sequence[int]],
+                 num_classes: int, max_seq_len: int, backbone: str, backbone_arch: Sequence[int],
+                 scale_factor: int, n_head: int, n_mha_win_size: Sequence[int],
+                 embd_kernel_size: int, embd_dim: int, embd_with_ln: bool, neck: str,
+                 fpn_dim: Optional[int], fpn_with_ln: bool, fpn_start_level: int,
+                 head_dim: Optional[int], head_kernel_size: int, head_num_layers: int,
+                 head_with_ln: bool, max_buffer_len_factor: float, use_abs_pe: bool,
+                 use_rel_pe: bool, regression_range: Sequence[Sequence[float]], dropout: float,
+                 droppath: float, cls_prior_prob: float, head_empty_cls: Sequence[int]) -> None:
         super().__init__()
-        if isinstance(n_mha_win_size, int):
-            n_mha_win_size = [n_mha_win_size] * (backbone_arch[2] + 1)
         self.num_classes = num_classes
         self.max_seq_len = max_seq_len
         self.backbone = build_backbone(
-            backbone, input_dims=list(input_dims), proj_dims=proj_dims, embd_dim=embd_dim, n_head=n_head,
+            backbone, input_groups=list(input_groups), group_proj_dims=group_proj_dims,
+            embd_dim=embd_dim, n_head=n_head,
             max_seq_len=max_seq_len, backbone_arch=tuple(backbone_arch), scale_factor=scale_factor,
             n_mha_win_size=list(n_mha_win_size), embd_kernel_size=embd_kernel_size,
             embd_with_ln=embd_with_ln, use_abs_pe=use_abs_pe, use_rel_pe=use_rel_pe, dropout=dropout,
             droppath=droppath)
         num_levels = len(self.backbone.strides)
         self.strides: List[int] = list(self.backbone.strides[fpn_start_level:])
-        if len(regression_range) != len(self.strides):
-            raise ValueError(f"{len(regression_range)} regression ranges for {len(self.strides)} "
-                             "pyramid levels")
+        assert len(regression_range) == len(self.strides), "one regression range per head level"
         self.neck = build_neck(
             neck, in_channels=[self.backbone.out_channels] * num_levels,
             out_channels=self.backbone.out_channels if fpn_dim is None else fpn_dim,
@@ -115,49 +102,50 @@ class Detector(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, cfg: Dict[str, Any]) -> "Detector":
-        """Build from a loaded config (``model``, ``dataset``, ``train_cfg``, ``derived`` sections)."""
-        m = cfg["model"]
-        input_dims, proj_dims = fusion_groups(cfg) if m["backbone"] == "fusion" else \
-            (list(cfg["derived"]["input_dims"]), m["proj_dims"])
-        keys = ("backbone", "backbone_arch", "scale_factor", "n_head", "n_mha_win_size",
-                "embd_kernel_size", "embd_dim", "embd_with_ln", "neck", "fpn_dim", "fpn_with_ln",
-                "fpn_start_level", "head_dim", "head_kernel_size", "head_num_layers", "head_with_ln",
-                "max_buffer_len_factor", "use_abs_pe", "use_rel_pe", "regression_range", "dropout",
-                "droppath")
-        return cls(input_dims=input_dims, proj_dims=proj_dims,
-                   num_classes=cfg["dataset"]["num_classes"], max_seq_len=cfg["dataset"]["max_seq_len"],
-                   cls_prior_prob=cfg["train_cfg"]["cls_prior_prob"],
-                   head_empty_cls=list(cfg["train_cfg"]["head_empty_cls"]),
-                   **{k: m[k] for k in keys})
+    def from_config(cls, cfg: Config) -> "Detector":
+        """Build from a resolved config (``model``, ``derived``, ``dataset.num_classes`` /
+        ``max_seq_len``, ``train_cfg.cls_prior_prob`` / ``head_empty_cls``)."""
+        m = cfg.model
+        return cls(input_groups=cfg.derived.input_groups,
+                   group_proj_dims=cfg.derived.group_proj_dims,
+                   num_classes=cfg.dataset.num_classes, max_seq_len=cfg.dataset.max_seq_len,
+                   cls_prior_prob=cfg.train_cfg.cls_prior_prob,
+                   head_empty_cls=cfg.train_cfg.head_empty_cls,
+                   **{f.name: getattr(m, f.name) for f in dataclasses.fields(m)
+                      if f.name != "proj_dims"})
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], weights: str = "ema") -> "Detector":
+        """The trained model of a checkpoint written by train.py, built from the config the
+        checkpoint carries; ``weights`` is ``'ema'`` (``state_dict_ema``) or ``'raw'``."""
+        ckpt = load_checkpoint(path)
+        model = cls.from_config(checkpoint_config(ckpt, path))
+        load_weights(model, ckpt, path, weights)
+        return model
 
 
-def fusion_groups(cfg: Dict[str, Any]) -> tuple:
-    """``(group input widths, group projection widths or None)`` for the fusion backbone.
+def checkpoint_config(ckpt: Mapping[str, Any], path: Union[str, Path]) -> Config:
+    """The resolved config stored in a checkpoint of ours (a one-line error if it has none)."""
+    if not isinstance(ckpt.get("config"), dict):
+        raise UserError(f"checkpoint carries no config ({path}): expected a checkpoint written by "
+                        f"train.py or converted with tools/convert_checkpoint.py")
+    return resolve_config(ckpt["config"], f"{path}, stored config")
 
-    See the module docstring for the rule (row groups unless ``proj_dims`` has one entry per
-    modality).
-    """
-    modal_dims = [int(d) for d in cfg["derived"]["input_dims"]]
-    modalities = cfg["dataset"].get("modalities") or []
-    if len(modalities) == len(modal_dims):
-        rows = [int(mod.get("rows_per_step", 1)) for mod in modalities]
-    else:
-        rows = [1] * len(modal_dims)
-    row_groups: List[int] = []
-    for dim, k in zip(modal_dims, rows):
-        assert dim % k == 0, "derived input dim must be dim x rows_per_step"
-        row_groups += [dim // k] * k
-    proj_dims = cfg["model"]["proj_dims"]
-    if proj_dims is None:
-        return row_groups, None
-    proj_dims = [int(p) for p in proj_dims]
-    if len(proj_dims) == len(row_groups):
-        return row_groups, proj_dims
-    if len(proj_dims) == len(modal_dims):
-        return modal_dims, proj_dims
-    raise UserError(f"model.proj_dims has {len(proj_dims)} entries (config): expected one per "
-                    f"modality ({len(modal_dims)}) or one per stacked row group ({len(row_groups)})")
+
+def load_weights(model: nn.Module, ckpt: Mapping[str, Any], path: Union[str, Path],
+                 weights: str = "ema") -> None:
+    """Load ``state_dict_ema`` (``weights='ema'``) or ``state_dict`` (``'raw'``) strictly; a
+    missing entry or a shape mismatch is a one-line error naming the checkpoint."""
+    key = {"ema": "state_dict_ema", "raw": "state_dict"}[weights]
+    if key not in ckpt:
+        raise UserError(f"checkpoint has no '{key}' ({path}): expected a checkpoint written by "
+                        f"train.py or converted with tools/convert_checkpoint.py")
+    try:
+        model.load_state_dict(ckpt[key])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise UserError(f"checkpoint does not match the model ({path}): "
+                        f"{' '.join(first[:3])[:400]}") from None
 
 
 def count_parameters(model: nn.Module) -> int:

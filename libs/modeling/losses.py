@@ -98,7 +98,7 @@ class LossNormalizer:
     group is initialised, otherwise the identity).
     """
 
-    def __init__(self, init_value: float = 250.0, momentum: float = 0.9,
+    def __init__(self, init_value: float, momentum: float,
                  reduce_fn: Optional[Callable[[NumPos], NumPos]] = None) -> None:
         self.value = float(init_value)
         self.momentum = float(momentum)

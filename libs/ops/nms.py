@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -43,8 +42,8 @@ from libs.common.errors import UserError
 logger = logging.getLogger(__name__)
 
 BUILD_COMMAND = "python setup.py build_ext --inplace"
-BACKENDS = ("auto", "cpp", "cuda", "torch")
-_METHODS = {"hard": 0, "linear": 1, "gaussian": 2}
+_METHODS = {"hard": 0, "linear": 1, "gaussian": 2}   # the kernels' method codes
+_BACKENDS = ("auto", "cpp", "cuda", "torch")
 
 Detections = tuple[Tensor, Tensor, Tensor]  # segs (K, 2) float32, scores (K,) float32, labels (K,) int64
 
@@ -79,8 +78,8 @@ def built_backends() -> tuple[str, ...]:
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
     global _warned
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown NMS backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown NMS backend {backend!r}: expected one of {', '.join(_BACKENDS)}")
     ext = _load_extension()
     if backend == "auto":
         if ext is not None:
@@ -92,15 +91,15 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
                            _ext_error, BUILD_COMMAND)
         return "torch"
     if backend in ("cpp", "cuda") and ext is None:
-        raise UserError(f"NMS backend {backend!r} (nms_backend): the compiled extension "
+        raise UserError(f"NMS backend {backend!r} (test_cfg.nms.backend): the compiled extension "
                         f"libs.ops._nms_ext is not built ({_ext_error}); run `{BUILD_COMMAND}` "
                         "(make ext) or use 'auto' / 'torch'")
     if backend == "cuda":
         if not ext.with_cuda():
-            raise UserError("NMS backend 'cuda' (nms_backend): the extension was built without "
+            raise UserError("NMS backend 'cuda' (test_cfg.nms.backend): the extension was built without "
                             f"CUDA; rebuild it with nvcc available: `{BUILD_COMMAND}`")
         if device.type != "cuda":
-            raise UserError(f"NMS backend 'cuda' (nms_backend): needs tensors on a CUDA device, "
+            raise UserError(f"NMS backend 'cuda' (test_cfg.nms.backend): needs tensors on a CUDA device, "
                             f"got {device}")
     return backend
 
@@ -246,10 +245,9 @@ def _check_items(items: Sequence[Detections]) -> Optional[torch.device]:
     return device
 
 
-def batched_nms_videos(items: Sequence[Detections], iou_threshold: float, min_score: float,
-                       max_seg_num: int, use_soft_nms: bool, multiclass: bool, sigma: float,
-                       voting_thresh: float, *, soft_method: str = "gaussian",
-                       backend: str = "auto") -> list[Detections]:
+def batched_nms_videos(items: Sequence[Detections], *, method: str, iou_threshold: float,
+                       sigma: float, min_score: float, max_seg_num: int, multiclass: bool,
+                       voting_thresh: float, backend: str) -> list[Detections]:
     """NMS for several videos at once; same parameters and result as :func:`batched_nms` applied
     to each item ``(segs (N_v, 2), scores (N_v,), labels (N_v,))`` (grid cells or seconds).
 
@@ -257,9 +255,9 @@ def batched_nms_videos(items: Sequence[Detections], iou_threshold: float, min_sc
     on the input device. The compiled backends handle all groups of the batch in one call (one
     kernel launch on CUDA).
     """
-    if soft_method not in ("gaussian", "linear"):
-        raise ValueError(f"unknown soft_method {soft_method!r}: expected 'gaussian' or 'linear'")
-    method = _METHODS[soft_method] if use_soft_nms else _METHODS["hard"]
+    if method not in _METHODS:
+        raise ValueError(f"unknown NMS method {method!r}: expected one of {', '.join(_METHODS)}")
+    method = _METHODS[method]
     if method == _METHODS["gaussian"] and not sigma > 0:
         raise ValueError(f"Gaussian soft-NMS needs sigma > 0, got {sigma}")
     device = _check_items(items) or torch.device("cpu")
@@ -321,57 +319,32 @@ def batched_nms_videos(items: Sequence[Detections], iou_threshold: float, min_sc
                     kept_labels[final].split(split)))
 
 
-def batched_nms(segs: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float,
-                min_score: float, max_seg_num: int, use_soft_nms: bool, multiclass: bool,
-                sigma: float, voting_thresh: float, *, soft_method: str = "gaussian",
-                backend: str = "auto") -> Detections:
-    """NMS of one video's candidates.
+def batched_nms(segs: Tensor, scores: Tensor, labels: Tensor, *, method: str,
+                iou_threshold: float, sigma: float, min_score: float, max_seg_num: int,
+                multiclass: bool, voting_thresh: float, backend: str) -> Detections:
+    """NMS of one video's candidates. The keyword arguments are the keys of ``test_cfg.nms``
+    (``libs.config.schema.NmsConfig``; ``**dataclasses.asdict(cfg.test_cfg.nms)``).
 
     Args:
         segs: (N, 2) float segment [start, end] (grid cells or seconds).
         scores: (N,) float scores, finite.
         labels: (N,) integer class ids.
+        method: ``'hard'``, ``'linear'`` (soft-NMS, ``w = 1 - iou`` above ``iou_threshold``) or
+            ``'gaussian'`` (soft-NMS, ``w = exp(-iou^2 / sigma)``).
         iou_threshold: hard and linear NMS IoU threshold (unused by Gaussian soft-NMS).
+        sigma: Gaussian soft-NMS ``w = exp(-iou^2 / sigma)``.
         min_score: hard NMS keeps scores > min_score (if > 0); soft-NMS drops decayed scores
             < min_score (except the first pick).
         max_seg_num: cap per class inside NMS and per video at the end (<= 0: no cap).
-        use_soft_nms: soft-NMS (``soft_method``) instead of hard NMS.
         multiclass: NMS per class (classes ascending, no voting) or class-agnostic.
-        sigma: Gaussian soft-NMS ``w = exp(-iou^2 / sigma)``.
         voting_thresh: class-agnostic only: segment voting IoU threshold (0: off).
-        soft_method: ``'gaussian'`` or ``'linear'``.
         backend: ``'auto'``, ``'cpp'``, ``'cuda'`` or ``'torch'`` (module docstring).
 
     Returns:
         ``segs (K, 2) float32, scores (K,) float32, labels (K,) int64`` sorted by descending
         score (stable), K <= max_seg_num, on the input device.
     """
-    return batched_nms_videos([(segs, scores, labels)], iou_threshold, min_score, max_seg_num,
-                              use_soft_nms, multiclass, sigma, voting_thresh,
-                              soft_method=soft_method, backend=backend)[0]
-
-
-@dataclass(frozen=True)
-class NmsSettings:
-    """NMS parameters of :func:`libs.ops.nms.batched_nms` (defaults: the original fusion)."""
-    iou_threshold: float = 0.1
-    min_score: float = 0.001
-    max_seg_num: int = 500
-    use_soft_nms: bool = True
-    multiclass: bool = True
-    sigma: float = 0.4
-    voting_thresh: float = 0.9
-    soft_method: str = "gaussian"
-    backend: str = "auto"
-
-    @classmethod
-    def from_test_cfg(cls, test_cfg: Mapping[str, Any]) -> "NmsSettings":
-        """From a config's ``test_cfg`` (used by ``engine.predict`` and the fusion tool)."""
-        method = test_cfg["nms_method"]
-        return cls(float(test_cfg["iou_threshold"]), float(test_cfg["min_score"]),
-                   int(test_cfg["max_seg_num"]), method != "hard", bool(test_cfg["multiclass_nms"]),
-                   float(test_cfg["nms_sigma"]), float(test_cfg["voting_thresh"]),
-                   "linear" if method == "linear" else "gaussian", str(test_cfg["nms_backend"]))
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+    return batched_nms_videos([(segs, scores, labels)], method=method, iou_threshold=iou_threshold,
+                              sigma=sigma, min_score=min_score, max_seg_num=max_seg_num,
+                              multiclass=multiclass, voting_thresh=voting_thresh,
+                              backend=backend)[0]

@@ -20,7 +20,7 @@ from libs.common.distributed import unwrap_model
 class ModelEma:
     """Holds ``module``, an averaged copy of a model (eval mode, ``requires_grad`` off)."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True,
+    def __init__(self, model: nn.Module, decay: float, warmup: bool,
                  device: Optional[torch.device] = None):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1], got {decay}")
@@ -58,21 +58,11 @@ class ModelEma:
         self.num_updates += 1
 
     def state_dict(self) -> Dict[str, Any]:
-        """``{'state_dict': averaged weights, 'num_updates': int, 'decay', 'warmup'}``."""
-        return {"state_dict": self.module.state_dict(), "num_updates": self.num_updates,
-                "decay": self.decay, "warmup": self.warmup}
+        """The average's bookkeeping, ``{'num_updates', 'decay', 'warmup'}``; its weights are
+        ``module.state_dict()`` (checkpoints store them once, as ``state_dict_ema``)."""
+        return {"num_updates": self.num_updates, "decay": self.decay, "warmup": self.warmup}
 
-    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
-        """Load a ``state_dict()`` of this class, or a plain model state dict (e.g. the original's
-        ``state_dict_ema``; a ``module.`` prefix on every key is stripped; ``num_updates`` is then
-        left unchanged). ``decay``/``warmup`` stay those of the constructor (the config wins).
-        """
-        if "state_dict" in state and "num_updates" in state:
-            weights = state["state_dict"]
-            self.num_updates = int(state["num_updates"])
-        else:
-            weights = state
-        keys = list(weights.keys())
-        if keys and all(k.startswith("module.") for k in keys):
-            weights = {k[len("module."):]: v for k, v in weights.items()}
-        self.module.load_state_dict(weights, strict=strict)
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``num_updates`` from a :meth:`state_dict`; ``decay``/``warmup`` stay those of
+        the constructor (the config wins)."""
+        self.num_updates = int(state["num_updates"])

@@ -6,9 +6,7 @@ checkpoints are the callers' business.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Dict
 
 import torch
 from torch import nn
@@ -16,6 +14,8 @@ from tqdm import tqdm
 
 from libs.common.distributed import unwrap_model
 from libs.common.errors import UserError
+from libs.config.schema import Config, TrainCfgConfig
+from libs.training.checkpointing import TrainState
 from libs.modeling.assign import assign_targets
 from libs.modeling.losses import LossNormalizer, detection_losses, per_video_nonfinite
 
@@ -36,38 +36,31 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
-def compute_losses(outputs: dict, batch: dict, normalizer: LossNormalizer, cfg: dict,
+def compute_losses(outputs: dict, batch: dict, normalizer: LossNormalizer, train_cfg: TrainCfgConfig,
                    num_classes: int) -> Dict[str, torch.Tensor]:
-    """Targets for every point of every level, then focal + DIoU losses (SPEC s.4)."""
-    tcfg = cfg["train_cfg"]
+    """Targets for every point of every level, then focal + DIoU losses (docs/numerics.md)."""
     points = torch.cat(outputs["points"], dim=0)  # (P, 4)
     cls_targets, reg_targets = assign_targets(
         points, batch["segments"], batch["labels"], num_classes,
-        tcfg["center_sample"], tcfg["center_sample_radius"])
+        train_cfg.center_sample, train_cfg.center_sample_radius)
     return detection_losses(
         outputs["cls_logits"], outputs["offsets"], outputs["fpn_masks"], cls_targets, reg_targets,
-        normalizer, tcfg["loss_weight"], tcfg["label_smoothing"])
-
-
-@dataclass
-class TrainState:
-    """What the loop advances and checkpoints carry besides module/optimizer states."""
-    epoch: int = 0          # epochs completed
-    global_step: int = 0    # optimizer steps completed
+        normalizer, train_cfg.loss_weight, train_cfg.label_smoothing)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, ema,
-                    normalizer: LossNormalizer, cfg: dict, state: TrainState,
+                    normalizer: LossNormalizer, cfg: Config, state: TrainState,
                     device: torch.device, writer=None, show_progress: bool = True) -> Dict[str, float]:
-    """One pass over ``loader``; returns the epoch's mean losses.
+    """One pass over ``loader``; returns the epoch's mean losses. Reads ``cfg.train_cfg``
+    (targets, losses), ``cfg.opt.clip_grad_l2norm`` and ``cfg.train.print_freq``.
 
     Raises :class:`NonFiniteLossError` (before the optimizer step, so no weights are spoiled)
     when a loss is NaN/inf.
     """
     model.train()
     num_classes = unwrap_model(model).num_classes
-    clip = cfg["opt"]["clip_grad_l2norm"]
-    print_freq = cfg["train"]["print_freq"]
+    clip = cfg.opt.clip_grad_l2norm
+    print_freq = cfg.train.print_freq
     sums: Dict[str, float] = {}
     count = 0
     bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", leave=False, disable=not show_progress,
@@ -76,7 +69,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         batch = to_device(batch, device)
         optimizer.zero_grad(set_to_none=True)
         outputs = model(batch["feats"], batch["masks"])
-        losses = compute_losses(outputs, batch, normalizer, cfg, num_classes)
+        losses = compute_losses(outputs, batch, normalizer, cfg.train_cfg, num_classes)
         final = losses["final_loss"]
         if not torch.isfinite(final):
             bad = per_video_nonfinite(outputs["cls_logits"], outputs["offsets"])

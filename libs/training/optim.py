@@ -13,12 +13,12 @@ group is sorted by full parameter name, so the optimizer state layout is reprodu
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
 
-from libs.common.errors import UserError
+from libs.config.schema import OptConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +89,11 @@ def make_param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, A
     ]
 
 
-def make_optimizer(model: nn.Module, opt_cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """Build AdamW (torch default betas/eps) or SGD (momentum) over the two decay groups.
-
-    Reads ``opt_cfg['type']`` ('AdamW' | 'SGD'), ``learning_rate`` (used as is: no scaling by
-    the number of processes), ``weight_decay`` and, for SGD, ``momentum``.
-    """
-    opt_type = opt_cfg.get("type", "AdamW")
-    lr = float(opt_cfg["learning_rate"])
-    groups = make_param_groups(model, float(opt_cfg.get("weight_decay", 0.0)))
-    if opt_type == "AdamW":
-        return torch.optim.AdamW(groups, lr=lr)
-    if opt_type == "SGD":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(opt_cfg.get("momentum", 0.9)))
-    raise UserError(f"unknown optimizer type '{opt_type}' (opt.type): expected 'AdamW' or 'SGD'")
+def make_optimizer(model: nn.Module, opt: OptConfig) -> torch.optim.Optimizer:
+    """AdamW (torch default betas/eps) or SGD (``opt.momentum``) over the two decay groups, at
+    ``opt.learning_rate`` as given (no scaling by the number of processes)."""
+    groups = make_param_groups(model, opt.weight_decay)
+    if opt.type == "AdamW":
+        return torch.optim.AdamW(groups, lr=opt.learning_rate)
+    assert opt.type == "SGD", "opt.type is checked at config load"
+    return torch.optim.SGD(groups, lr=opt.learning_rate, momentum=opt.momentum)

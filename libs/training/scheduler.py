@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, List, Mapping, Sequence
+from typing import List, Sequence
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from libs.common.errors import UserError
+from libs.config.schema import OptConfig
 
 
 class _ClosedFormLR(LRScheduler):
@@ -99,46 +99,29 @@ class LinearWarmupMultiStepLR(_ClosedFormLR):
         return base * self.gamma ** k
 
 
-def CosineAnnealingNoWarmupLR(optimizer: torch.optim.Optimizer, max_steps: int,
-                              eta_min: float = 0.0) -> LinearWarmupCosineAnnealingLR:
-    """Cosine from ``base`` at step 0 to ``eta_min`` at ``max_steps`` (no warmup)."""
-    return LinearWarmupCosineAnnealingLR(optimizer, 0, max_steps, eta_min)
-
-
-def MultiStepNoWarmupLR(optimizer: torch.optim.Optimizer, milestones: Sequence[int],
-                        gamma: float = 0.1) -> LinearWarmupMultiStepLR:
-    """``base * gamma ** k`` after the ``k``-th milestone (iterations from step 0; no warmup)."""
-    return LinearWarmupMultiStepLR(optimizer, 0, milestones, gamma)
-
-
-def warmup_epochs(opt_cfg: Mapping[str, Any]) -> int:
+def warmup_epochs(opt: OptConfig) -> int:
     """Warmup epochs in effect: ``opt.warmup_epochs`` if ``opt.warmup`` is true, else 0."""
-    return int(opt_cfg.get("warmup_epochs", 0)) if opt_cfg.get("warmup", True) else 0
+    return opt.warmup_epochs if opt.warmup else 0
 
 
-def num_epochs(opt_cfg: Mapping[str, Any]) -> int:
+def num_epochs(opt: OptConfig) -> int:
     """Epochs the training loop runs: ``early_stop_epochs`` if set, else epochs + warmup epochs.
 
     ``early_stop_epochs`` only truncates the loop; the schedule still spans epochs + warmup.
     """
-    early = opt_cfg.get("early_stop_epochs")
-    if early is not None:
-        return int(early)
-    return int(opt_cfg["epochs"]) + warmup_epochs(opt_cfg)
+    if opt.early_stop_epochs is not None:
+        return opt.early_stop_epochs
+    return opt.epochs + warmup_epochs(opt)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, opt_cfg: Mapping[str, Any],
+def make_scheduler(optimizer: torch.optim.Optimizer, opt: OptConfig,
                    iters_per_epoch: int) -> LRScheduler:
-    """Build the per-iteration schedule of ``opt_cfg`` (keys of ``defaults.SCHEMA['opt']``)."""
-    if iters_per_epoch < 1:
-        raise UserError(f"training loader is empty (iters_per_epoch={iters_per_epoch}): expected at "
-                        "least one full batch per epoch; lower loader.batch_size or add videos")
-    w = warmup_epochs(opt_cfg) * iters_per_epoch
-    m = (int(opt_cfg["epochs"]) + warmup_epochs(opt_cfg)) * iters_per_epoch
-    kind = opt_cfg.get("schedule_type", "cosine")
-    if kind == "cosine":
-        return LinearWarmupCosineAnnealingLR(optimizer, w, m, float(opt_cfg.get("eta_min", 0.0)))
-    if kind == "multistep":
-        steps = [int(s) * iters_per_epoch for s in opt_cfg.get("schedule_steps", [])]
-        return LinearWarmupMultiStepLR(optimizer, w, steps, float(opt_cfg.get("schedule_gamma", 0.1)))
-    raise UserError(f"unknown schedule '{kind}' (opt.schedule_type): expected 'cosine' or 'multistep'")
+    """The per-iteration schedule of ``opt`` (``schedule_type`` cosine or multistep)."""
+    assert iters_per_epoch >= 1, "train.py refuses an empty training loader"
+    w = warmup_epochs(opt) * iters_per_epoch
+    m = (opt.epochs + warmup_epochs(opt)) * iters_per_epoch
+    if opt.schedule_type == "cosine":
+        return LinearWarmupCosineAnnealingLR(optimizer, w, m, opt.eta_min)
+    assert opt.schedule_type == "multistep", "opt.schedule_type is checked at config load"
+    steps = [s * iters_per_epoch for s in opt.schedule_steps]
+    return LinearWarmupMultiStepLR(optimizer, w, steps, opt.schedule_gamma)

@@ -41,7 +41,7 @@ def test_h5_items_equal_folder_items(tmp_path):
         items = []
         for name, over in (("folder", {}), ("h5", {"dataset": {"modalities": h5_mods}})):
             cfg = load_config(write_tiny_config(str(tmp_path / f"{name}.yaml"), data, overrides=over))
-            ds = PerceptionDataset(cfg, ["train"], training)
+            ds = PerceptionDataset.from_config(cfg, ["train"], training)
             ds.set_epoch(4)
             items.append([ds[i] for i in range(len(ds))])
         for a, b in zip(*items):

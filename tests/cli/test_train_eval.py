@@ -17,6 +17,7 @@ import torch
 import eval as eval_cli
 import train as train_cli
 from libs.config.loader import load_config
+from libs.modeling.detector import checkpoint_config
 from libs.common.errors import UserError
 from libs.modeling import Detector
 from libs.common.seed import fix_random_seed
@@ -43,7 +44,7 @@ def tiny_opts(demo, **extra) -> list:
         "output_folder": demo["root"] / "ckpt",
         "model.embd_dim": 16, "model.n_head": 2, "loader.batch_size": 4, "loader.eval_batch_size": 2,
         "loader.num_workers": 0, "opt.epochs": 1, "opt.warmup_epochs": 1, "train.ckpt_freq": 1,
-        "train.eval_freq": 0, "test_cfg.max_seg_num": 50,
+        "train.eval_freq": 0, "test_cfg.nms.max_seg_num": 50,
     }
     opts.update(extra)
     return [f"{k}={v}" for k, v in opts.items()]
@@ -82,15 +83,15 @@ def test_resume_is_bit_identical(demo):
         assert (full / name).exists(), name
     assert {"epoch", "state_dict", "state_dict_ema", "optimizer", "scheduler", "loss_normalizer",
             "config", "label_map"} <= set(a)
-    assert load_config(full / "config.yaml") == a["config"]
+    assert load_config(full / "config.yaml").to_dict() == a["config"]
 
 
 def test_ema_warmup_moves_ema_on_a_short_run(demo):
     def ema_share(output, warmup):
         exp = run_train(demo, output, **{"train.ema_warmup": warmup})
         ckpt = load(exp / "epoch_002.pth.tar")
-        cfg = ckpt["config"]
-        fix_random_seed(cfg["seed"])
+        cfg = checkpoint_config(ckpt, "epoch_002")
+        fix_random_seed(cfg.seed)
         init = Detector.from_config(cfg).state_dict()
         num = den = 0.0
         for k, w0 in init.items():

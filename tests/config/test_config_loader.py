@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from libs.config.checks import level_div_factors
 from libs.config.loader import (add_config_args, config_to_yaml, describe_schema, dump_config,
-                              load_config, max_div_factor, resolve_config)
-from libs.config.schema import DERIVED, MODALITY, SCHEMA, Key, ListOf
+                                load_config, resolve_config)
+from libs.config.schema import Config
+from libs.config.spec import DERIVED_SPEC, SCHEMA, Items, Leaf
+
+MODALITY = SCHEMA["dataset"]["modalities"].schema
+
+
+def resolved(*args, **kwargs) -> dict:
+    """The resolved config as a plain dict (lists), for comparisons."""
+    return resolve_config(*args, **kwargs).to_dict()
+
+
+def loaded(*args, **kwargs) -> dict:
+    return load_config(*args, **kwargs).to_dict()
+
+
+def dims(cfg: dict) -> dict:
+    return {k: cfg["derived"][k] for k in ("input_dims", "input_dim")}
 from libs.common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +66,7 @@ def write(tmp_path: Path, data, name: str = "x.yaml") -> Path:
 # ----------------------------------------------------------------------------- merge
 
 def test_merge_fills_every_default_and_derived():
-    cfg = resolve_config(MINIMAL, SRC)
+    cfg = resolved(MINIMAL, SRC)
     for sec, spec in SCHEMA.items():
         if isinstance(spec, dict):
             assert list(cfg[sec]) == list(spec)
@@ -56,28 +74,32 @@ def test_merge_fills_every_default_and_derived():
     assert cfg["dataset"]["modalities"] == [{"name": "audio", "path": "feats/a", "ext": ".npy",
                                              "dim": 8, "primary": True, "rows_per_step": 1,
                                              "resample": "endpoint"}]
-    assert cfg["derived"] == {"input_dims": [8], "input_dim": 8}
+    assert dims(cfg) == {"input_dims": [8], "input_dim": 8}
     assert cfg["dataset"]["annotation_file"] == "ann.json"   # paths kept as written
 
 
 def test_nested_override_and_no_mutation():
     raw = cfg_with(opt={"learning_rate": 5}, model={"n_head": 4})
     before = copy.deepcopy(raw)
-    cfg = resolve_config(raw, SRC)
+    cfg = resolved(raw, SRC)
     assert cfg["opt"]["learning_rate"] == 5.0 and isinstance(cfg["opt"]["learning_rate"], float)
     assert cfg["opt"]["epochs"] == 50 and cfg["model"]["n_head"] == 4
     assert raw == before
     cfg["model"]["backbone_arch"].append(9)          # a fresh copy: the schema is untouched
-    assert SCHEMA["model"]["backbone_arch"].default == [2, 2, 5]
+    assert SCHEMA["model"]["backbone_arch"].default == (2, 2, 5)
+    frozen = resolve_config(raw, SRC)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        frozen.opt.learning_rate = 1.0                # read-only
+    assert frozen.model.backbone_arch == (2, 2, 5) and isinstance(frozen, Config)
 
 
 def test_two_modalities_h5_ext_and_derived():
     raw = cfg_with(dataset={"modalities": [{"name": "audio", "path": "a", "dim": 8,
                                             "rows_per_step": 2},
                                            dict(VIDEO, primary=True)]})
-    cfg = resolve_config(raw, SRC)
+    cfg = resolved(raw, SRC)
     assert [m["ext"] for m in cfg["dataset"]["modalities"]] == [".npy", ".h5"]
-    assert cfg["derived"] == {"input_dims": [16, 16], "input_dim": 32}
+    assert dims(cfg) == {"input_dims": [16, 16], "input_dim": 32}
 
 
 # ----------------------------------------------------------------------------- unknown keys
@@ -171,19 +193,19 @@ def test_type_choice_range_errors(raw, msg):
 
 
 def test_lenient_number_forms():
-    cfg = resolve_config(cfg_with(loader={"batch_size": 8.0}, opt={"learning_rate": "1e-4"},
+    cfg = resolved(cfg_with(loader={"batch_size": 8.0}, opt={"learning_rate": "1e-4"},
                                   dataset={"crop_ratio": [1, 1], "fps": None}), SRC)
     assert cfg["loader"]["batch_size"] == 8 and isinstance(cfg["loader"]["batch_size"], int)
     assert cfg["opt"]["learning_rate"] == 1e-4
     assert cfg["dataset"]["crop_ratio"] == [1.0, 1.0]
-    assert resolve_config(cfg_with(dataset={"crop_ratio": None}), SRC)["dataset"]["crop_ratio"] \
+    assert resolve_config(cfg_with(dataset={"crop_ratio": None}), SRC).dataset.crop_ratio \
         is None
 
 
 def test_missing_required_keys():
     assert error({"dataset": {"modalities": MINIMAL["dataset"]["modalities"]}}) == (
         "missing config key 'dataset.annotation_file' (configs/x.yaml): Perception Test "
-        "annotation JSON (SPEC s.2.1)")
+        "annotation JSON (README: data layout)")
     assert error({"dataset": {"annotation_file": "a"}}) == (
         "missing config key 'dataset.modalities' (configs/x.yaml): feature families, channels "
         "concatenated in this order")
@@ -274,9 +296,9 @@ def test_cross_field_checks(raw, msg):
 
 
 def test_cross_field_valid_combinations():
-    cfg = resolve_config(mods(dict(A, rows_per_step=2), dict(VIDEO, primary=True)), SRC)
+    cfg = resolved(mods(dict(A, rows_per_step=2), dict(VIDEO, primary=True)), SRC)
     assert [m["primary"] for m in cfg["dataset"]["modalities"]] == [False, True]
-    cfg = resolve_config(cfg_with(dataset={"time_grid": "stride", "fps": 15},
+    cfg = resolved(cfg_with(dataset={"time_grid": "stride", "fps": 15},
                                   model={"backbone": "fusion", "proj_dims": [4],
                                          "fpn_start_level": 1,
                                          "regression_range": [[0, 8]] * 5}), SRC)
@@ -284,16 +306,20 @@ def test_cross_field_valid_combinations():
 
 
 def test_max_div_factor():
-    model = resolve_config(MINIMAL, SRC)["model"]
-    assert max_div_factor(model) == 96                    # level 4: 16 * (7 // 2) * 2
-    assert max_div_factor(dict(model, n_mha_win_size=[-1] * 6)) == 32
-    assert max_div_factor(dict(model, backbone_arch=[2, 2, 0], n_mha_win_size=[1])) == 1
+    assert resolve_config(MINIMAL, SRC).derived.max_div_factor == 96   # level 4: 16 * (7 // 2) * 2
+    strides = [1, 2, 4, 8, 16, 32]
+    assert max(level_div_factors(strides, [7] * 5 + [-1])) == 96
+    assert max(level_div_factors(strides, [-1] * 6)) == 32
+    assert level_div_factors([1], [1]) == [1]
+    glob = resolve_config(cfg_with(model={"n_mha_win_size": [-1] * 6},
+                                   dataset={"max_seq_len": 64}), SRC)
+    assert glob.derived.max_div_factor == 32
 
 
 # ----------------------------------------------------------------------------- overrides
 
 def test_overrides_are_typed():
-    cfg = resolve_config(MINIMAL, SRC, [
+    cfg = resolved(MINIMAL, SRC, [
         "loader.batch_size=4", "opt.learning_rate=0.5", "opt.schedule_steps=[1, 2]",
         "dataset.cache=false", "opt.early_stop_epochs=null", "output_folder=runs/a=b",
         "dataset.modalities.0.path=/x", "dataset.modalities[0].dim=32", "task=action_localisation",
@@ -307,7 +333,7 @@ def test_overrides_are_typed():
 
 
 def test_override_appends_modality_and_merges_section():
-    cfg = resolve_config(MINIMAL, SRC, ["dataset.modalities.0.primary=true",
+    cfg = resolved(MINIMAL, SRC, ["dataset.modalities.0.primary=true",
                                         "dataset.modalities.1={name: v, path: v.h5, dim: 4}",
                                         "dataset.modalities.1.rows_per_step=2",
                                         "opt={epochs: 3}"])
@@ -352,7 +378,7 @@ def test_add_config_args_collects_flat_list():
 
 def test_load_config_file_and_opts(tmp_path):
     path = write(tmp_path, cfg_with(opt={"epochs": 7}))
-    cfg = load_config(path, ["loader.num_workers=0"])
+    cfg = loaded(path, ["loader.num_workers=0"])
     assert cfg["opt"]["epochs"] == 7 and cfg["loader"]["num_workers"] == 0
 
 
@@ -386,23 +412,23 @@ def test_dump_load_round_trip(tmp_path):
     dump_config(cfg, path)
     assert list(tmp_path.iterdir()) == [path]          # no temp file left behind
     assert load_config(path) == cfg
-    assert yaml.safe_load(config_to_yaml(cfg)) == cfg
-    assert cfg["derived"] == {"input_dims": [24, 16], "input_dim": 40}
+    assert yaml.safe_load(config_to_yaml(cfg)) == cfg.to_dict()
+    assert dims(cfg.to_dict()) == {"input_dims": [24, 16], "input_dim": 40}
 
 
 def test_derived_recomputed_and_mismatch(tmp_path):
     cfg = resolve_config(MINIMAL, SRC)
-    cfg["derived"]["input_dim"] = 99
+    cfg = dataclasses.replace(cfg, derived=dataclasses.replace(cfg.derived, input_dim=99))
     path = tmp_path / "config.yaml"
     dump_config(cfg, path)
     with pytest.raises(UserError) as info:
         load_config(path)
-    assert str(info.value) == (f"config key 'derived.input_dim' ({path}): computed from "
-                               "dataset.modalities, got 99 but the modalities give 8")
+    assert str(info.value) == (f"config key 'derived.input_dim' ({path}): computed from the "
+                               "other keys, got 99 but they give 8")
     assert error(cfg_with(derived={"input_dims": [4]})) == (
-        "config key 'derived.input_dims' (configs/x.yaml): computed from dataset.modalities, "
-        "got [4] but the modalities give [8]")
-    assert resolve_config(cfg_with(derived={"input_dim": 8}), SRC)["derived"]["input_dims"] == [8]
+        "config key 'derived.input_dims' (configs/x.yaml): computed from the other keys, "
+        "got [4] but they give [8]")
+    assert resolved(cfg_with(derived={"input_dim": 8}), SRC)["derived"]["input_dims"] == [8]
 
 
 def test_describe_schema_covers_every_key():
@@ -414,11 +440,11 @@ def test_describe_schema_covers_every_key():
             name = f"{prefix}.{k}" if prefix else k
             if isinstance(spec, dict):
                 yield from walk(spec, name)
-            elif isinstance(spec, ListOf):
+            elif isinstance(spec, Items):
                 yield name, spec.doc
                 yield from walk(spec.schema, name + "[]")
             else:
-                assert isinstance(spec, Key)
+                assert isinstance(spec, Leaf)
                 yield name, spec.doc
 
     keys = list(walk(SCHEMA, ""))
@@ -426,8 +452,8 @@ def test_describe_schema_covers_every_key():
     for name, doc in keys:
         assert doc.strip(), name
         assert f"| `{name}` |" in table, name
-    for name, doc in DERIVED.items():
-        assert doc.strip() and f"| `derived.{name}` | *computed* |" in table
+    for name, spec in DERIVED_SPEC.items():
+        assert spec.doc.strip() and f"| `derived.{name}` | *computed* |" in table
     assert "| `dataset.annotation_file` | *required* |" in table
     assert "| `opt.learning_rate` | `0.001` |" in table
 

@@ -14,7 +14,6 @@ import yaml
 from libs.config.original import convert_original_config, is_original_config
 from libs.config.loader import load_config, resolve_config
 from libs.common.errors import UserError
-from libs.modeling.detector import fusion_groups
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data" / "original_configs"
@@ -38,7 +37,7 @@ def raw_of(path: Path) -> dict:
 
 def convert(raw: dict, source: str = "old.yaml") -> tuple:
     out, notes = convert_original_config(raw, source)
-    return resolve_config(out, source), notes
+    return resolve_config(out, source).to_dict(), notes
 
 
 def error_of(raw: dict) -> str:
@@ -69,16 +68,16 @@ def test_detects_original_layout_only():
 def check_common(cfg: dict, notes: list) -> None:
     assert notes and all(isinstance(n, str) and n for n in notes)
     assert cfg["seed"] == 1234567891 and cfg["output_folder"] == "./ckpt/"
-    ds, model, tc = cfg["dataset"], cfg["model"], cfg["test_cfg"]
+    ds, model, tc = cfg["dataset"], cfg["model"], cfg["test_cfg"]["nms"]
     assert ds["time_grid"] == "stride" and ds["max_seq_len"] == 192 and ds["force_upsampling"] is True
     assert ds["trunc_thresh"] == 0.5 and ds["crop_ratio"] == [0.9, 1.0]
     assert ds["on_missing"] == "error" and ds["end_tolerance"] >= 1e6
     assert model["neck"] == "identity" and model["max_buffer_len_factor"] == 1.0
     assert model["n_mha_win_size"] == [7, 7, 7, 7, 7, -1] and model["use_abs_pe"] is True
     assert model["backbone_arch"] == [2, 2, 5] and model["droppath"] == 0.1
-    assert (tc["pre_nms_topk"], tc["max_seg_num"], tc["min_score"], tc["nms_sigma"]) == \
+    assert (cfg["test_cfg"]["pre_nms_topk"], tc["max_seg_num"], tc["min_score"], tc["sigma"]) == \
         (5000, 500, 0.001, 0.4)
-    assert tc["multiclass_nms"] is True and tc["nms_method"] == "soft"
+    assert tc["multiclass"] is True and tc["method"] == "gaussian"
     assert cfg["train_cfg"]["init_loss_norm"] == 250 and cfg["opt"]["clip_grad_l2norm"] == 1.0
     assert cfg["train_cfg"]["center_sample"] == "radius" and cfg["train_cfg"]["center_sample_radius"] == 1.5
     assert (cfg["opt"]["learning_rate"], cfg["opt"]["epochs"], cfg["opt"]["weight_decay"]) == \
@@ -106,7 +105,7 @@ def test_tsl_multi(path, split, ann):
     assert (video["name"], video["dim"], video["ext"], video["primary"], video["resample"]) == \
         ("video", 1024, ".pt", False, "endpoint")
     assert video["path"] == "./data/pt/tal_umt_large_sthv2_perception_test_ft1_feature_s2/"
-    assert cfg["derived"] == {"input_dims": [768, 1024], "input_dim": 1792}
+    assert (cfg["derived"]["input_dims"], cfg["derived"]["input_dim"]) == ([768, 1024], 1792)
     assert model["backbone"] == "single_stream" and model["proj_dims"] is None
     assert (model["embd_dim"], model["n_head"], model["fpn_dim"], model["head_dim"]) == (512, 8, 512, 512)
     assert any("assumed" in n and "1024" in n for n in notes)      # no video file to read
@@ -134,7 +133,7 @@ def test_tal_mm(path, families):
     groups = [1024] * len(families) + [768, 768]
     assert cfg["derived"]["input_dim"] == sum(groups)
     assert model["backbone"] == "fusion" and model["proj_dims"] == groups
-    assert fusion_groups(cfg) == (groups, groups)           # one projection per original group
+    assert (cfg["derived"]["input_groups"], cfg["derived"]["group_proj_dims"]) == (groups, groups)
     assert (model["embd_dim"], model["n_head"], model["fpn_dim"], model["head_dim"]) == \
         (1024, 16, 1024, 1024)
     assert any("longest" in n for n in notes) and any("model.input_dim" in n for n in notes)
@@ -153,7 +152,7 @@ def test_converted_configs_build_the_released_architectures(path, n_keys, n_para
 
 def test_load_config_reads_original_configs():
     for path in ALL:
-        cfg = load_config(path)
+        cfg = load_config(path).to_dict()
         assert cfg == convert(raw_of(path), str(path))[0]
 
 
@@ -190,8 +189,8 @@ def test_omitted_keys_take_the_original_defaults():
         del raw[sec]
     raw["model"] = {"fpn_dim": 512}
     cfg, notes = convert(raw)
-    tc, model = cfg["test_cfg"], cfg["model"]
-    assert (tc["min_score"], tc["max_seg_num"], tc["nms_sigma"]) == (0.01, 1000, 0.5)
+    tc, model = cfg["test_cfg"]["nms"], cfg["model"]
+    assert (tc["min_score"], tc["max_seg_num"], tc["sigma"]) == (0.01, 1000, 0.5)
     assert cfg["train_cfg"]["init_loss_norm"] == 2000 and cfg["opt"]["clip_grad_l2norm"] == -1
     assert (cfg["opt"]["weight_decay"], cfg["opt"]["epochs"]) == (0.0, 30)
     assert (cfg["loader"]["batch_size"], cfg["loader"]["num_workers"]) == (8, 4)
@@ -219,8 +218,8 @@ def test_unused_keys_are_dropped_with_a_note():
         assert f"{key} dropped" in text
     raw["test_cfg"].update(nms_method="hard", multiclass_nms=False)
     cfg, _ = convert(raw)
-    assert (cfg["test_cfg"]["nms_method"], cfg["test_cfg"]["iou_threshold"]) == ("hard", 0.3)
-    assert cfg["test_cfg"]["voting_thresh"] == 0.9
+    assert (cfg["test_cfg"]["nms"]["method"], cfg["test_cfg"]["nms"]["iou_threshold"]) == ("hard", 0.3)
+    assert cfg["test_cfg"]["nms"]["voting_thresh"] == 0.9
 
 
 # ----------------------------------------------------------------------------- errors
@@ -275,7 +274,7 @@ def test_tool_round_trip(tmp_path, capsys):
     with pytest.raises(UserError, match="--overwrite"):
         tool.main([str(TSL_TRAIN), "-o", str(out)])
     assert tool.main([str(TSL_TRAIN), "-o", str(out), "--overwrite", "--opt", "opt.epochs=3"]) == 0
-    cfg = load_config(out)
+    cfg = load_config(out).to_dict()
     assert cfg["task"] == "sound_localisation" and cfg["opt"]["epochs"] == 3
     capsys.readouterr()
     assert tool.main([str(TSL_TEST)]) == 0                   # stdout

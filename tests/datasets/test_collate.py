@@ -69,7 +69,7 @@ def _batches(loader):
 
 
 def test_training_loader_is_worker_independent(tiny_cfg):
-    ds = PerceptionDataset(tiny_cfg, ["train"], True)
+    ds = PerceptionDataset.from_config(tiny_cfg, ["train"], True)
     kw = dict(batch_size=2, is_training=True, seed=3, max_seq_len=96, max_div_factor=96)
     runs = []
     for workers in (0, 2):
@@ -91,7 +91,7 @@ def test_training_loader_is_worker_independent(tiny_cfg):
 
 
 def test_inference_loader_sequential_no_drop(tiny_cfg):
-    ds = PerceptionDataset(tiny_cfg, ["valid"], False)
+    ds = PerceptionDataset.from_config(tiny_cfg, ["valid"], False)
     loader = make_loader(ds, batch_size=2, num_workers=0, is_training=False, seed=0, max_seq_len=96,
                          max_div_factor=96)
     ids = [vid for b in loader for vid in b["video_ids"]]
@@ -106,7 +106,7 @@ def test_loader_with_workers_prefills_one_shared_cache(tmp_path):
     from libs.datasets import PerceptionDataset, make_loader
     data = write_tiny_dataset(str(tmp_path / "d"))
     cfg = load_config(write_tiny_config(str(tmp_path / "c.yaml"), data))
-    ds = PerceptionDataset(cfg, ["train"], is_training=False)
+    ds = PerceptionDataset.from_config(cfg, ["train"], is_training=False)
     assert len(ds._cache) == 0
     loader = make_loader(ds, batch_size=2, num_workers=1, is_training=False, seed=0,
                          max_seq_len=96, max_div_factor=96)

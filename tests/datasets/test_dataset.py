@@ -17,7 +17,7 @@ from libs.datasets.perception import PerceptionDataset, resample_rows, stack_row
 
 def _build(tmp_path, data, overrides=None, splits=("train",), training=False, task="sound_localisation"):
     cfg = load_config(write_tiny_config(str(tmp_path / "cfg.yaml"), data, task, overrides))
-    return cfg, PerceptionDataset(cfg, list(splits), training)
+    return cfg, PerceptionDataset.from_config(cfg, list(splits), training)
 
 
 def _load(data, name, vid):
@@ -26,8 +26,9 @@ def _load(data, name, vid):
 
 def test_items_are_their_own_videos_files(tmp_path):
     data = write_tiny_dataset(str(tmp_path / "d"))
-    _, ds = _build(tmp_path, data, {"dataset": {"force_upsampling": False}})
-    assert ds.input_dims == [8, 6] and ds.num_classes == 3 and ds.task == "sound_localisation"
+    cfg, ds = _build(tmp_path, data, {"dataset": {"force_upsampling": False}})
+    assert cfg.derived.input_dims == (8, 6) and ds[0]["feats"].shape[0] == 14
+    assert ds.num_classes == 3 and ds.task == "sound_localisation"
     assert len(ds) == 4
     for idx in [3, 1, 0, 2, 3]:  # out of order, repeated: the cache never mixes videos
         item = ds[idx]
@@ -92,7 +93,7 @@ def test_rows_per_step_in_dataset(tmp_path):
     hand = np.arange(2 * t * 6, dtype=np.float32).reshape(2 * t, 6)     # exactly 2T rows: no resampling
     np.save(os.path.join(data["paths"]["beats"], vid + ".npy"), hand)
     cfg, ds = _build(tmp_path, data, {"dataset": {"force_upsampling": False}})
-    assert ds.input_dims == [8, 12] == cfg["derived"]["input_dims"]
+    assert cfg.derived.input_dims == (8, 12)
     feats = ds[1]["feats"].numpy()                                     # (20, T)
     assert feats.shape == (20, t)
     for row in (0, 1, t - 1):

@@ -1,6 +1,8 @@
 """Tests of libs/evaluation/fusion.py and tools/fuse_results.py on synthetic raw candidate folders."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import subprocess
@@ -14,7 +16,7 @@ import torch
 from libs.common.errors import UserError
 from libs.evaluation.fusion import (check_compatible, detections_list, fuse_pool, pool_candidates,
                                run_nms, weighted_segment_fusion)
-from libs.ops.nms import NmsSettings
+from libs.config import NmsConfig
 from libs.evaluation.raw_candidates import (load_raw_dir, prepare_raw_dir, raw_candidate_hook,
                                        save_raw_candidates, write_raw_meta)
 from libs.evaluation.metrics import GroundTruth, evaluate_map, predictions_from_detections
@@ -107,10 +109,6 @@ def test_raw_hook_prepare_dir_and_settings(tmp_path):
         prepare_raw_dir(str(out))
     prepare_raw_dir(str(out), overwrite=True)
     assert not list(out.iterdir())
-    cfg = {"nms_method": "linear", "iou_threshold": 0.3, "min_score": 0.01, "max_seg_num": 100,
-           "multiclass_nms": False, "nms_sigma": 0.5, "voting_thresh": 0.7, "nms_backend": "torch"}
-    assert NmsSettings.from_test_cfg(cfg) == NmsSettings(0.3, 0.01, 100, True, False, 0.5, 0.7,
-                                                         "linear", "torch")
 
 
 def test_mismatched_meta(tmp_path):
@@ -128,12 +126,12 @@ def test_mismatched_meta(tmp_path):
 # ------------------------------------------------------------------------------ pool mode
 
 def test_pool_one_run_equals_its_nms():
-    run, s = random_run(2), NmsSettings()
-    fused = fuse_pool([run], None, s)
+    run, s = random_run(2), NmsConfig()
+    fused = fuse_pool([run], s)
     for vid, c in run.items():
         segs, scores, labels = batched_nms(torch.from_numpy(c["segments"]),
                                            torch.from_numpy(c["scores"]),
-                                           torch.from_numpy(c["labels"]), **s.to_dict())
+                                           torch.from_numpy(c["labels"]), **dataclasses.asdict(s))
         np.testing.assert_array_equal(fused[vid]["segments"], segs.clamp(0, 30.0).numpy())
         np.testing.assert_array_equal(fused[vid]["scores"], scores.numpy())
         np.testing.assert_array_equal(fused[vid]["labels"], labels.numpy())
@@ -142,14 +140,14 @@ def test_pool_one_run_equals_its_nms():
 
 def test_pool_two_identical_runs_keeps_segments_and_tops():
     run = random_run(3)
-    one, two = fuse_pool([run]), fuse_pool([run, run])
+    one, two = fuse_pool([run], NmsConfig()), fuse_pool([run, run], NmsConfig())
     pooled = pool_candidates([run, run], [1.0, 0.5])
     assert len(pooled["vid0"]["scores"]) == 2 * len(run["vid0"]["scores"])
     np.testing.assert_allclose(pooled["vid0"]["scores"][40:], run["vid0"]["scores"] * 0.5)
     # each duplicate decays the others once more, so some may fall below min_score: with
     # min_score 0 the kept segment sets are equal, with the default a subset
-    s0 = NmsSettings(min_score=0.0)
-    one0, two0 = fuse_pool([run], None, s0), fuse_pool([run, run], None, s0)
+    s0 = NmsConfig(min_score=0.0)
+    one0, two0 = fuse_pool([run], s0), fuse_pool([run, run], s0)
     key = lambda d: {(int(l), *np.round(s, 4)) for l, s in zip(d["labels"], d["segments"])}  # noqa
     for vid in run:
         assert key(one0[vid]) == key(two0[vid]) and key(two[vid]) <= key(one[vid])
@@ -163,7 +161,7 @@ def test_pool_two_identical_runs_keeps_segments_and_tops():
 # ------------------------------------------------------------------------------- WBF mode
 
 def test_wbf_of_identical_runs_is_identity():
-    dets = run_nms(random_run(4))            # soft-NMS output: overlapping same-run duplicates
+    dets = run_nms(random_run(4), NmsConfig())            # soft-NMS output: overlapping same-run duplicates
     fused = weighted_segment_fusion([dets, dets], max_seg_num=500)
     for vid in dets:
         np.testing.assert_allclose(sorted_rows(fused[vid]), sorted_rows(dets[vid]), rtol=1e-6)
@@ -189,7 +187,7 @@ def test_wbf_averages_boundaries_and_halves_lone_segments():
 
 
 def test_wbf_matches_plain_loop_reference():
-    runs = [run_nms(random_run(s)) for s in (5, 6, 7)]
+    runs = [run_nms(random_run(s), NmsConfig()) for s in (5, 6, 7)]
     w = np.array([1.0, 2.0, 0.5])
     fused = weighted_segment_fusion(runs, w, iou_thr=0.5, max_seg_num=0)
     for vid in runs[0]:
@@ -219,11 +217,11 @@ def test_missing_video_fused_from_existing_runs(caplog):
     a, b = random_run(8), random_run(9)
     del b["vid2"]
     with caplog.at_level(logging.WARNING):
-        pooled = fuse_pool([a, b])
+        pooled = fuse_pool([a, b], NmsConfig())
     assert "run 2 lacks 1 of 3 videos" in caplog.text
-    np.testing.assert_array_equal(pooled["vid2"]["scores"], run_nms(a)["vid2"]["scores"])
-    da = run_nms(a)
-    fused = weighted_segment_fusion([da, run_nms(b)])
+    np.testing.assert_array_equal(pooled["vid2"]["scores"], run_nms(a, NmsConfig())["vid2"]["scores"])
+    da = run_nms(a, NmsConfig())
+    fused = weighted_segment_fusion([da, run_nms(b, NmsConfig())])
     np.testing.assert_allclose(sorted_rows(fused["vid2"]), sorted_rows(da["vid2"]), rtol=1e-6)
 
 
@@ -254,9 +252,9 @@ def synthetic_case(n_videos=12, seed=0):
 def test_fusion_of_good_and_noisy_run_beats_noisy(capsys):
     gt, good, noisy, _ = synthetic_case()
     score = lambda d: evaluate_map(gt, predictions_from_detections(detections_list(d))).average_map  # noqa
-    m_good, m_noisy = score(run_nms(good)), score(run_nms(noisy))
-    m_pool = score(fuse_pool([good, noisy]))
-    m_wbf = score(weighted_segment_fusion([run_nms(good), run_nms(noisy)]))
+    m_good, m_noisy = score(run_nms(good, NmsConfig())), score(run_nms(noisy, NmsConfig()))
+    m_pool = score(fuse_pool([good, noisy], NmsConfig()))
+    m_wbf = score(weighted_segment_fusion([run_nms(good, NmsConfig()), run_nms(noisy, NmsConfig())]))
     with capsys.disabled():
         print(f"\n[fusion synthetic] avg mAP good {m_good:.4f} noisy {m_noisy:.4f} "
               f"pool {m_pool:.4f} wbf {m_wbf:.4f}")

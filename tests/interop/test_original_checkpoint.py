@@ -89,7 +89,7 @@ def _expected_keys(name: str) -> Dict[str, Tuple[int, ...]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _cfg(name: str) -> dict:
+def _cfg(name: str):
     return resolve_config(RAW[name], f"test:{name}")
 
 
@@ -158,7 +158,7 @@ def test_convert_load_forward_roundtrip(name: str) -> None:
     assert is_original_checkpoint(ckpt)
     out = convert_original_checkpoint(ckpt, model, _cfg(name), where=name)
     assert out["epoch"] == 20 and out["label_map"] == {} and "optimizer" not in out
-    assert out["config"] == _cfg(name) and out["config"] is not _cfg(name)
+    assert out["config"] == _cfg(name).to_dict()
     assert not is_original_checkpoint(out)
     assert export_original_state_dict(out["state_dict"]) == raw          # same tensors, same order
     assert list(export_original_state_dict(out["state_dict_ema"])) == list(ema)
@@ -166,7 +166,7 @@ def test_convert_load_forward_roundtrip(name: str) -> None:
     sd = model.state_dict()
     assert torch.equal(sd["cls_head.cls_head.conv.bias"], ema["module.cls_head.cls_head.conv.bias"])
     assert torch.equal(sd["backbone.embd.0.conv.weight"], raw["module.backbone.embd.0.conv.weight"])
-    C, K = _cfg(name)["derived"]["input_dim"], _cfg(name)["dataset"]["num_classes"]
+    C, K = _cfg(name).derived.input_dim, _cfg(name).dataset.num_classes
     feats = torch.randn(1, C, 192, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         res = model(feats, torch.ones(1, 1, 192, dtype=torch.bool))
@@ -274,8 +274,9 @@ def _write_tiny_dataset(root: Path) -> Path:
                        "force_upsampling": False, "max_seq_len": 192},
            "loader": {"eval_batch_size": 2, "num_workers": 0},
            "model": dict(_MODEL, backbone="single_stream", embd_dim=32, n_head=4),
-           "test_cfg": {"pre_nms_topk": 5000, "max_seg_num": 500, "min_score": 0.001, "nms_sigma": 0.4,
-                        "multiclass_nms": True, "nms_method": "soft"}}
+           "test_cfg": {"pre_nms_topk": 5000, "nms": {"max_seg_num": 500, "min_score": 0.001,
+                                                      "sigma": 0.4, "multiclass": True,
+                                                      "method": "gaussian"}}}
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -292,8 +292,8 @@ def test_golden_detections_with_every_nms_backend(name, i, backend):
     cand = {k: v.to(dev) for k, v in _decode_golden(g, i).items()}
     item = g["eval_items"][i]
     (segs, scores, labels), = batched_nms_videos(
-        [(cand["segments"], cand["scores"], cand["labels"])], iou_threshold=0.1, min_score=0.001,
-        max_seg_num=500, use_soft_nms=True, multiclass=True, sigma=0.4, voting_thresh=0.75,
+        [(cand["segments"], cand["scores"], cand["labels"])], method="gaussian", iou_threshold=0.1,
+        min_score=0.001, max_seg_num=500, multiclass=True, sigma=0.4, voting_thresh=0.75,
         backend=backend)
     grid = TimeGrid(float(item["fps"]), float(item["feat_stride"]), float(item["feat_num_frames"]),
                     float(item["duration"]))

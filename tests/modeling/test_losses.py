@@ -65,7 +65,7 @@ def test_loss_normalizer_ema_and_state():
     v = norm.value
     assert norm.update(torch.tensor(7)) == 0.9 * v + (1 - 0.9) * 7    # tensor counts accepted
     state = norm.state_dict()
-    other = LossNormalizer(1.0)
+    other = LossNormalizer(1.0, 0.9)
     other.load_state_dict(state)
     assert other.value == norm.value and other.momentum == norm.momentum
     assert float(other) == norm.value
@@ -130,7 +130,7 @@ def _toy_batch(num_pos_points: int = 3, seed: int = 0):
 
 def test_no_positives_reg_zero_with_grad():
     cls_logits, offsets, masks, cls_t, reg_t = _toy_batch(num_pos_points=0)
-    norm = LossNormalizer(250.0)
+    norm = LossNormalizer(250.0, 0.9)
     out = detection_losses(cls_logits, offsets, masks, cls_t, reg_t, norm)
     assert out["num_pos"] == 0 and out["reg_loss"].item() == 0.0
     assert norm.value == 0.9 * 250.0 + (1 - 0.9) * 1
@@ -141,7 +141,7 @@ def test_no_positives_reg_zero_with_grad():
 def test_masked_points_ignored_and_manual_sum():
     cls_logits, offsets, masks, cls_t, reg_t = _toy_batch()
     cls_t[1, 7, 0] = 1.0                                               # positive but masked out
-    norm = LossNormalizer(250.0)
+    norm = LossNormalizer(250.0, 0.9)
     out = detection_losses(cls_logits, offsets, masks, cls_t, reg_t, norm)
     assert out["num_pos"] == 3
     valid = torch.cat(masks, 1)
@@ -157,7 +157,7 @@ def test_masked_points_ignored_and_manual_sum():
 def test_label_smoothing_uses_k_plus_one():
     cls_logits, offsets, masks, cls_t, reg_t = _toy_batch()
     ls, num_classes = 0.2, cls_t.shape[-1]
-    out = detection_losses(cls_logits, offsets, masks, cls_t, reg_t, LossNormalizer(10.0),
+    out = detection_losses(cls_logits, offsets, masks, cls_t, reg_t, LossNormalizer(10.0, 0.9),
                            label_smoothing=ls)
     valid = torch.cat(masks, 1)
     target = cls_t[valid] * (1 - ls) + ls / (num_classes + 1)
@@ -168,12 +168,12 @@ def test_label_smoothing_uses_k_plus_one():
 
 def test_loss_weight_balancing():
     cls_logits, offsets, masks, cls_t, reg_t = _toy_batch()
-    out = detection_losses(cls_logits, offsets, masks, cls_t, reg_t, LossNormalizer(1.0),
+    out = detection_losses(cls_logits, offsets, masks, cls_t, reg_t, LossNormalizer(1.0, 0.9),
                            loss_weight=0.0)
     cls_v, reg_v = out["cls_loss"].item(), out["reg_loss"].item()
     assert out["final_loss"].item() == pytest.approx(cls_v + reg_v * cls_v / max(reg_v, 0.01),
                                                      rel=1e-6)
-    out2 = detection_losses(cls_logits, offsets, masks, cls_t, reg_t, LossNormalizer(1.0),
+    out2 = detection_losses(cls_logits, offsets, masks, cls_t, reg_t, LossNormalizer(1.0, 0.9),
                             loss_weight=2.0)
     assert out2["final_loss"].item() == pytest.approx(out2["cls_loss"].item()
                                                       + 2.0 * out2["reg_loss"].item(), rel=1e-6)

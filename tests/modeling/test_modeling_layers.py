@@ -163,8 +163,11 @@ def test_sinusoid_table_formula() -> None:
 
 
 def test_pe_stretch_at_inference() -> None:
-    bb = SingleStreamBackbone(input_dims=[4], embd_dim=8, n_head=2, max_seq_len=192,
-                              n_mha_win_size=[7, 7, 7, 7, 7, -1], use_abs_pe=True)
+    bb = SingleStreamBackbone(input_groups=[4], group_proj_dims=None, embd_dim=8, n_head=2,
+                              max_seq_len=192, backbone_arch=(2, 2, 5), scale_factor=2,
+                              n_mha_win_size=[7, 7, 7, 7, 7, -1], embd_kernel_size=3,
+                              embd_with_ln=True, use_abs_pe=True, use_rel_pe=False, dropout=0.0,
+                              droppath=0.0)
     table = bb.pos_embd
     bb.eval()
     assert torch.equal(bb.position_embedding(288),

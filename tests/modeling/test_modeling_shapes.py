@@ -8,16 +8,17 @@ import torch
 
 from libs.config.loader import resolve_config
 from libs.common.errors import UserError
-from libs.modeling import Detector, build_backbone
-from libs.modeling.detector import fusion_groups
+from libs.modeling import Detector, build_backbone, build_neck
 
 LEVEL_LENGTHS = [192, 96, 48, 24, 12, 6]
 
 
-def _small(**kw) -> Detector:
-    args = dict(input_dims=[6, 2], num_classes=3, max_seq_len=192, embd_dim=16, n_head=2)
-    args.update(kw)
-    return Detector(**args)
+def _small(head_empty_cls=(), cls_prior_prob=0.01, **model) -> Detector:
+    """A small detector on 6 + 2 input channels, 3 classes, 192 cells (model keys as kwargs)."""
+    raw = _raw([(6, 1), (2, 1)], **{"embd_dim": 16, "n_head": 2, **model})
+    raw["dataset"]["num_classes"] = 3
+    raw["train_cfg"] = {"head_empty_cls": list(head_empty_cls), "cls_prior_prob": cls_prior_prob}
+    return Detector.from_config(resolve_config(raw, "t"))
 
 
 def _raw(modalities, **model) -> dict:
@@ -97,22 +98,27 @@ def test_init_and_key_names() -> None:
 
 def test_registry_errors() -> None:
     with pytest.raises(UserError, match="fusion, single_stream"):
-        build_backbone("nope", input_dims=[4], embd_dim=8, n_head=2, max_seq_len=192)
-    with pytest.raises(UserError, match="neck"):
-        _small(neck="bifpn")
+        build_backbone("nope", input_groups=[4], embd_dim=8, n_head=2, max_seq_len=192)
+    with pytest.raises(UserError, match="fpn, identity"):
+        build_neck("bifpn", in_channels=[8], out_channels=8, scale_factor=2, start_level=0,
+                   with_ln=True)
 
 
 def test_fusion_groups_rule() -> None:
-    cfg = resolve_config(_raw([(1024, 1), (1024, 1), (768, 2)], backbone="fusion"), "t")
-    assert cfg["derived"]["input_dims"] == [1024, 1024, 1536]
-    assert fusion_groups(cfg) == ([1024, 1024, 768, 768], None)
-    cfg["model"]["proj_dims"] = [64, 64, 32]                   # one per modality
-    assert fusion_groups(cfg) == ([1024, 1024, 1536], [64, 64, 32])
-    cfg["model"]["proj_dims"] = [64, 64, 32, 32]               # one per stacked row group
-    assert fusion_groups(cfg) == ([1024, 1024, 768, 768], [64, 64, 32, 32])
-    cfg["model"]["proj_dims"] = [64, 64]
+    mods = [(1024, 1), (1024, 1), (768, 2)]
+
+    def groups(**model):
+        d = resolve_config(_raw(mods, backbone="fusion", **model), "t").derived
+        return list(d.input_groups), d.group_proj_dims and list(d.group_proj_dims)
+
+    assert resolve_config(_raw(mods, backbone="fusion"), "t").derived.input_dims == (1024, 1024, 1536)
+    assert groups() == ([1024, 1024, 768, 768], [1024, 1024, 768, 768])
+    assert groups(proj_dims=[64, 64, 32]) == ([1024, 1024, 1536], [64, 64, 32])      # per modality
+    assert groups(proj_dims=[64, 64, 32, 32]) == ([1024, 1024, 768, 768], [64, 64, 32, 32])  # per row
+    single = resolve_config(_raw(mods), "t").derived
+    assert single.input_groups == (1024, 1024, 1536) and single.group_proj_dims is None
     with pytest.raises(UserError, match="proj_dims"):
-        fusion_groups(cfg)
+        groups(proj_dims=[64, 64])
 
 
 def test_fusion_forward_per_modality_projection() -> None:

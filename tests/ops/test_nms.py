@@ -19,7 +19,25 @@ import torch
 
 from libs.common.errors import UserError
 from libs.ops import nms as nms_mod
-from libs.ops.nms import BUILD_COMMAND, batched_nms, batched_nms_videos
+from libs.ops import nms as _lib
+from libs.ops.nms import BUILD_COMMAND
+
+
+def _lib_kw(kw: dict) -> dict:
+    """The reference's (use_soft_nms, soft_method) pair -> the library's ``method``."""
+    kw = dict(kw)
+    soft, soft_method = kw.pop("use_soft_nms"), kw.pop("soft_method", "gaussian")
+    kw["method"] = soft_method if soft else "hard"
+    kw.setdefault("backend", "auto")
+    return kw
+
+
+def batched_nms(*args, **kw):
+    return _lib.batched_nms(*args, **_lib_kw(kw))
+
+
+def batched_nms_videos(items, **kw):
+    return _lib.batched_nms_videos(items, **_lib_kw(kw))
 
 ROOT = Path(__file__).resolve().parents[2]
 F = np.float32
@@ -414,7 +432,7 @@ def test_bad_inputs():
         batched_nms(ok[0], ok[1], ok[1], **kw)
     with pytest.raises(ValueError, match="unknown NMS backend"):
         batched_nms(*ok, **{**kw, "backend": "gpu"})
-    with pytest.raises(ValueError, match="soft_method"):
+    with pytest.raises(ValueError, match="unknown NMS method 'box'"):
         batched_nms(*ok, **kw, soft_method="box")
 
 
@@ -437,7 +455,9 @@ def test_cpp_kernel_checks(ext_built):
 
 def test_empty_batch_and_dtypes():
     out = batched_nms(torch.zeros(0, 2), torch.zeros(0), torch.zeros(0, dtype=torch.int32),
-                      0.5, 0.001, 10, True, True, 0.4, 0.0)
+                      iou_threshold=0.5, min_score=0.001, max_seg_num=10, use_soft_nms=True,
+                      multiclass=True, sigma=0.4, voting_thresh=0.0)
     assert out[0].shape == (0, 2) and out[0].dtype == torch.float32
     assert out[1].shape == (0,) and out[2].dtype == torch.long
-    assert batched_nms_videos([], 0.5, 0.001, 10, True, True, 0.4, 0.0) == []
+    assert batched_nms_videos([], iou_threshold=0.5, min_score=0.001, max_seg_num=10,
+                              use_soft_nms=True, multiclass=True, sigma=0.4, voting_thresh=0.0) == []

@@ -14,8 +14,8 @@ from torch import nn
 from libs.common.errors import UserError
 from libs.common import distributed as du
 from libs.common.io import _umask
-from libs.common.checkpoints import (experiment_dir, find_checkpoint, load_checkpoint,
-                                   prepare_experiment_dir, save_checkpoint)
+from libs.common.checkpoints import find_checkpoint, load_checkpoint, save_checkpoint
+from libs.training.run_dir import experiment_dir, prepare_experiment_dir
 from libs.training.ema import ModelEma
 from libs.common.logs import setup_logging
 from libs.training.tensorboard import TensorboardWriter
@@ -60,7 +60,7 @@ def test_ema_warmup_exact_values():
         assert ema.module.count.item() == n  # integer buffers are copied
     assert ema.num_updates == 5
     # first update: d = 2/11
-    first = ModelEma(Scalar(1.0))
+    first = ModelEma(Scalar(1.0), decay=0.999, warmup=True)
     first.update(Scalar(0.0))
     assert first.module.w.item() == pytest.approx(2 / 11)
 
@@ -79,16 +79,16 @@ def test_ema_fixed_decay_and_wrapped_model():
 
 def test_ema_state_dict_round_trip():
     model = Scalar(3.0)
-    ema = ModelEma(model)
+    ema = ModelEma(model, decay=0.999, warmup=True)
     for _ in range(3):
         ema.update(Scalar(1.0))
     state = ema.state_dict()
-    other = ModelEma(Scalar(0.0))
+    assert state == {"num_updates": 3, "decay": 0.999, "warmup": True}   # weights: ema.module
+    other = ModelEma(Scalar(0.0), decay=0.5, warmup=False)
     other.load_state_dict(state)
+    other.module.load_state_dict(ema.module.state_dict())
     assert other.num_updates == 3 and other.module.w.item() == ema.module.w.item()
-    plain = ModelEma(Scalar(0.0))  # an original-style state_dict_ema with 'module.' keys
-    plain.load_state_dict({f"module.{k}": v for k, v in ema.module.state_dict().items()})
-    assert plain.num_updates == 0 and plain.module.w.item() == ema.module.w.item()
+    assert (other.decay, other.warmup) == (0.5, False)    # the config wins
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -1,6 +1,7 @@
 """Weight-decay parameter groups, optimizer choice and the per-iteration LR schedules."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,9 +10,14 @@ from torch import nn
 
 from libs.common.errors import UserError
 from libs.training.optim import make_optimizer, split_decay_params
-from libs.training.scheduler import (CosineAnnealingNoWarmupLR, LinearWarmupCosineAnnealingLR,
-                                  LinearWarmupMultiStepLR, MultiStepNoWarmupLR, make_scheduler,
-                                  num_epochs)
+from libs.config.loader import resolve_section
+from libs.training.scheduler import (LinearWarmupCosineAnnealingLR, LinearWarmupMultiStepLR,
+                                     make_scheduler, num_epochs)
+
+
+def opt_cfg(**keys):
+    """An ``opt`` section validated like a config file's (schema defaults for the rest)."""
+    return resolve_section("opt", keys, "test")
 
 
 class LayerNorm(nn.Module):  # the project's channel LayerNorm stand-in (custom class)
@@ -65,7 +71,7 @@ def test_param_groups_membership_and_order():
     decay, no_decay = split_decay_params(model)
     assert decay == DECAY
     assert no_decay == NO_DECAY
-    opt = make_optimizer(model, {"type": "AdamW", "learning_rate": 1e-3, "weight_decay": 0.05})
+    opt = make_optimizer(model, opt_cfg(type="AdamW", learning_rate=1e-3, weight_decay=0.05))
     assert isinstance(opt, torch.optim.AdamW)
     params = dict(model.named_parameters())
     g0, g1 = opt.param_groups
@@ -84,11 +90,11 @@ def test_param_groups_full_coverage_raises_with_names():
 
 
 def test_sgd_and_unknown_type():
-    opt = make_optimizer(Toy(), {"type": "SGD", "learning_rate": 0.1, "weight_decay": 1e-4,
-                                 "momentum": 0.8})
+    opt = make_optimizer(Toy(), opt_cfg(**{"type": "SGD", "learning_rate": 0.1, "weight_decay": 1e-4,
+                                 "momentum": 0.8}))
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.8
     with pytest.raises(UserError, match="opt.type"):
-        make_optimizer(Toy(), {"type": "Adam", "learning_rate": 0.1, "weight_decay": 0.0})
+        opt_cfg(type="Adam", learning_rate=0.1)
 
 
 def _opt(lr: float = 1e-3) -> torch.optim.Optimizer:
@@ -112,7 +118,7 @@ def _closed(e: int, base: float, w: int, m: int, eta: float) -> float:
 
 def test_warmup_cosine_values():
     base, eta, iters = 1e-3, 1e-8, 4
-    cfg = {"epochs": 5, "warmup": True, "warmup_epochs": 2, "schedule_type": "cosine", "eta_min": eta}
+    cfg = opt_cfg(**{"epochs": 5, "warmup": True, "warmup_epochs": 2, "schedule_type": "cosine", "eta_min": eta})
     w, m = 2 * iters, 7 * iters
     sched = make_scheduler(_opt(base), cfg, iters)
     assert isinstance(sched, LinearWarmupCosineAnnealingLR)
@@ -128,7 +134,7 @@ def test_warmup_cosine_values():
 
 
 def test_state_dict_round_trip_continues_identically():
-    cfg = {"epochs": 3, "warmup": True, "warmup_epochs": 1, "schedule_type": "cosine", "eta_min": 0.0}
+    cfg = opt_cfg(**{"epochs": 3, "warmup": True, "warmup_epochs": 1, "schedule_type": "cosine", "eta_min": 0.0})
     ref = make_scheduler(_opt(), cfg, 5)
     full = _run(ref, 20)
     first = make_scheduler(_opt(), cfg, 5)
@@ -150,31 +156,30 @@ def test_short_warmup_no_division_by_zero():
 
 
 def test_no_warmup_cosine_and_epochs():
-    cfg = {"epochs": 4, "warmup": False, "warmup_epochs": 5, "schedule_type": "cosine", "eta_min": 0.0}
+    cfg = opt_cfg(**{"epochs": 4, "warmup": False, "warmup_epochs": 5, "schedule_type": "cosine", "eta_min": 0.0})
     sched = make_scheduler(_opt(2.0), cfg, 2)
     lrs = _run(sched, 9)
     assert lrs[0] == 2.0 and lrs[4] == pytest.approx(1.0) and lrs[8] == 0.0
     assert num_epochs(cfg) == 4
-    assert num_epochs({**cfg, "early_stop_epochs": 2}) == 2
-    assert isinstance(CosineAnnealingNoWarmupLR(_opt(), 10), LinearWarmupCosineAnnealingLR)
+    assert num_epochs(dataclasses.replace(cfg, early_stop_epochs=2)) == 2
 
 
 def test_multistep_with_and_without_warmup():
-    cfg = {"epochs": 4, "warmup": True, "warmup_epochs": 1, "schedule_type": "multistep",
-           "schedule_steps": [1, 3], "schedule_gamma": 0.5}
+    cfg = opt_cfg(**{"epochs": 4, "warmup": True, "warmup_epochs": 1, "schedule_type": "multistep",
+           "schedule_steps": [1, 3], "schedule_gamma": 0.5})
     sched = make_scheduler(_opt(1.0), cfg, 3)
     assert isinstance(sched, LinearWarmupMultiStepLR)
     lrs = _run(sched, 15)
     assert lrs[:3] == [0.0, 0.5, 1.0]
     assert lrs[3:6] == [1.0] * 3 and lrs[6:12] == [0.5] * 6 and lrs[12:] == [0.25] * 3
-    plain = make_scheduler(_opt(1.0), {**cfg, "warmup": False}, 3)  # the original crashed here
+    plain = make_scheduler(_opt(1.0), dataclasses.replace(cfg, warmup=False), 3)  # the original crashed here
     lrs = _run(plain, 10)
     assert lrs[:3] == [1.0] * 3 and lrs[3:9] == [0.5] * 6 and lrs[9] == 0.25
-    assert _run(MultiStepNoWarmupLR(_opt(1.0), [2], 0.1), 3) == pytest.approx([1.0, 1.0, 0.1])
+    assert _run(LinearWarmupMultiStepLR(_opt(1.0), 0, [2], 0.1), 3) == pytest.approx([1.0, 1.0, 0.1])
 
 
 def test_make_scheduler_errors():
-    with pytest.raises(UserError, match="iters_per_epoch"):
-        make_scheduler(_opt(), {"epochs": 1, "warmup": False}, 0)
+    with pytest.raises(AssertionError):
+        make_scheduler(_opt(), opt_cfg(epochs=1, warmup=False), 0)
     with pytest.raises(UserError, match="opt.schedule_type"):
-        make_scheduler(_opt(), {"epochs": 1, "warmup": False, "schedule_type": "step"}, 2)
+        opt_cfg(epochs=1, warmup=False, schedule_type="step")
