@@ -34,8 +34,8 @@ from libs.config import NmsConfig  # noqa: E402
 from libs.config.loader import resolve_section  # noqa: E402
 from libs.config.schema import NMS_BACKENDS, NMS_METHODS  # noqa: E402
 from libs.evaluation.raw_candidates import load_raw_dir  # noqa: E402
-from libs.evaluation.metrics import (DEFAULT_TIOU_THRESHOLDS, MetricResult, evaluate_map,  # noqa: E402
-                                ground_truth_from_records, predictions_from_detections)
+from libs.evaluation.metrics import (DEFAULT_TIOU_THRESHOLDS, MetricResult, evaluate_map)  # noqa: E402
+from libs.evaluation.events import (ground_truth_from_records, predictions_from_detections)  # noqa: E402
 from libs.evaluation.submission import detections_to_submission, write_json  # noqa: E402
 
 logger = logging.getLogger("fuse_results")

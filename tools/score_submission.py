@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from libs.config.schema import TASKS  # noqa: E402
 from libs.common.errors import UserError, run_cli  # noqa: E402
 from libs.datasets.annotations import load_annotations  # noqa: E402
-from libs.evaluation.metrics import (DEFAULT_TIOU_THRESHOLDS, Predictions, evaluate_map,  # noqa: E402
-                                ground_truth_from_records)
+from libs.evaluation.metrics import DEFAULT_TIOU_THRESHOLDS, evaluate_map  # noqa: E402
+from libs.evaluation.events import Predictions, ground_truth_from_records  # noqa: E402
 from libs.evaluation.submission import load_submission_with_ids, write_json  # noqa: E402
 
 logger = logging.getLogger("score_submission")

@@ -9,7 +9,7 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional
+from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -26,10 +26,6 @@ class DistInfo:
     local_rank: int
     device: torch.device
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
@@ -39,23 +35,6 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise UserError(f"bad environment variable {name}={value!r} (torchrun): expected an integer")
-
-
-def is_dist() -> bool:
-    """True when a process group is initialised with more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def get_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -114,29 +93,20 @@ def init_distributed(device: str) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, dev)
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all processes in place and return it (unchanged when single-process)."""
-    if is_dist():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def all_reduce_mean_dict(values: Mapping[str, float]) -> Dict[str, float]:
-    """Mean of each float over processes; every process must pass the same keys."""
-    keys = sorted(values)
-    if not is_dist():
-        return {k: float(values[k]) for k in keys}
-    device = torch.device("cuda", torch.cuda.current_device()) \
-        if dist.get_backend() == "nccl" else torch.device("cpu")
-    buf = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+def all_reduce_sum(value: Union[float, torch.Tensor]) -> Union[float, torch.Tensor]:
+    """``value`` summed over the ranks of the default process group, as a float64 tensor on the
+    backend's device; ``value`` itself when no process group is initialised (a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    if isinstance(value, torch.Tensor):
+        buf = value.detach().clone().to(torch.float64)
+    else:
+        device = torch.device("cpu")
+        if dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        buf = torch.tensor(float(value), dtype=torch.float64, device=device)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-    buf /= get_world_size()
-    return {k: float(v) for k, v in zip(keys, buf.tolist())}
-
-
-def barrier() -> None:
-    if is_dist():
-        dist.barrier()
+    return buf
 
 
 def cleanup() -> None:

@@ -1,12 +1,15 @@
-"""Atomic file writes: every output (configs, checkpoints, submissions, metrics, raw candidates,
+"""File I/O helpers: atomic writes and JSON reading with one-line errors.
+
+Atomic file writes: every output (configs, checkpoints, submissions, metrics, raw candidates,
 packed features) is written to a temp file in the destination folder and renamed onto its path,
 so a crash never leaves a half-written file over a good one (SPEC s.4, s.7)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
-from typing import Iterator
+from typing import Any, Iterator
 
 from libs.common.errors import UserError
 
@@ -47,3 +50,23 @@ def atomic_write_text(path: str | os.PathLike, text: str, what: str = "output") 
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+
+
+def read_json(path: str | os.PathLike, what: str, expected: str) -> Any:
+    """Parse the JSON file at ``path``; a missing, unreadable or malformed file is one
+    :class:`UserError` naming ``what`` (e.g. 'submission'), the file and ``expected``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{what} not found ({path}): expected {expected}")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {what} ({path}): {err}") from None
+    if not text.strip():
+        raise UserError(f"{what} is empty ({path}): expected {expected}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{what} is not valid JSON ({path}): {err.msg} at line {err.lineno} "
+                        f"column {err.colno}") from None

@@ -15,83 +15,18 @@ grid is the original's ``stride`` arithmetic with ``fps = default_fps`` (SPEC s.
 """
 from __future__ import annotations
 
-import copy
 import difflib
-import os
-import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from libs.config.schema import TASKS
-from libs.config.spec import SCHEMA
+from libs.config.original_layout import (DATASET_KEYS, DEFAULT_VIDEO_DIM, END_TOLERANCE,
+                                         MODEL_COPIES, ORIGINAL_DEFAULTS, RENAMES, SIGNS_DATASET,
+                                         SIGNS_TOP, TOP_KEYS, fmt, get_dotted, merge_defaults,
+                                         modality_name, plain, probe_pt_dim, put_dotted)
+from libs.config.spec import FLOAT_STR, SCHEMA
 from libs.common.errors import UserError, format_problems
 
 __all__ = ["is_original_config", "convert_original_config", "ORIGINAL_DEFAULTS", "RENAMES"]
-
-# The original's DEFAULTS (libs/config/loader.py of tal/ and tsl/; seed_behaviour.md s.4.1).
-ORIGINAL_DEFAULTS: Dict[str, Any] = {
-    "init_rand_seed": 1234567891, "dataset_name": "epic", "devices": ["cuda:0"],
-    "train_split": ["training"], "val_split": ["validation"], "model_name": "LocPointTransformer",
-    "dataset": {"feat_stride": 16, "num_frames": 32, "default_fps": None, "input_dim": 2304,
-                "num_classes": 97, "downsample_rate": 1, "max_seq_len": 2304, "trunc_thresh": 0.5,
-                "crop_ratio": None, "force_upsampling": False},
-    "loader": {"batch_size": 8, "num_workers": 4},
-    "model": {"backbone_type": "convTransformer", "fpn_type": "identity", "backbone_arch": [2, 2, 5],
-              "scale_factor": 2, "regression_range": [[0, 4], [4, 8], [8, 16], [16, 32], [32, 64],
-                                                      [64, 10000]],
-              "n_head": 4, "n_mha_win_size": -1, "embd_kernel_size": 3, "embd_dim": 512,
-              "fused_embd": None, "embd_with_ln": True, "fpn_dim": 512, "fpn_with_ln": True,
-              "fpn_start_level": 0, "head_dim": 512, "head_kernel_size": 3, "head_num_layers": 3,
-              "head_with_ln": True, "max_buffer_len_factor": 6.0, "use_abs_pe": False,
-              "use_rel_pe": False},
-    "train_cfg": {"center_sample": "radius", "center_sample_radius": 1.5, "loss_weight": 1.0,
-                  "cls_prior_prob": 0.01, "init_loss_norm": 2000, "clip_grad_l2norm": -1,
-                  "head_empty_cls": [], "dropout": 0.0, "droppath": 0.1, "label_smoothing": 0.0},
-    "test_cfg": {"pre_nms_thresh": 0.001, "pre_nms_topk": 5000, "iou_threshold": 0.1,
-                 "min_score": 0.01, "max_seg_num": 1000, "nms_method": "soft", "nms_sigma": 0.5,
-                 "duration_thresh": 0.05, "multiclass_nms": True, "ext_score_file": None,
-                 "voting_thresh": 0.75},
-    "opt": {"type": "AdamW", "momentum": 0.9, "weight_decay": 0.0, "learning_rate": 1e-3,
-            "epochs": 30, "warmup": True, "warmup_epochs": 5, "schedule_type": "cosine",
-            "eta_min": 1e-8, "schedule_steps": [], "schedule_gamma": 0.1,
-            "early_stop_epochs": None},
-}
-
-# Original "section.key" -> ours. Keys of the same name in the same section map to themselves;
-# keys needing more than a copy (modalities, windows, widths, NMS extras) are handled in code.
-_SPECIAL = ("dataset.feat_stride", "dataset.num_frames", "model.n_mha_win_size", "model.embd_dim",
-            "train_cfg.head_empty_cls", "test_cfg.iou_threshold", "test_cfg.voting_thresh")
-RENAMES: Dict[str, str] = {
-    **{f"{sec}.{k}": f"{sec}.{k}" for sec in ("dataset", "loader", "model", "train_cfg", "test_cfg",
-                                               "opt")
-       for k in ORIGINAL_DEFAULTS[sec] if k in SCHEMA[sec] and f"{sec}.{k}" not in _SPECIAL},
-    "init_rand_seed": "seed", "train_split": "dataset.train_split", "val_split": "dataset.val_split",
-    "output_folder": "output_folder", "dataset.json_file": "dataset.annotation_file",
-    "dataset.default_fps": "dataset.fps", "model.fpn_type": "model.neck",
-    "train_cfg.clip_grad_l2norm": "opt.clip_grad_l2norm", "train_cfg.dropout": "model.dropout",
-    "train_cfg.droppath": "model.droppath",
-    "test_cfg.nms_sigma": "test_cfg.nms.sigma", "test_cfg.min_score": "test_cfg.nms.min_score",
-    "test_cfg.max_seg_num": "test_cfg.nms.max_seg_num",
-    "test_cfg.multiclass_nms": "test_cfg.nms.multiclass",
-}
-
-_TOP = ("dataset_name", "model_name", "devices", "init_rand_seed", "train_split", "val_split",
-        "output_folder", "dataset", "loader", "model", "train_cfg", "test_cfg", "opt")
-_DATASET_COMMON = ("json_file", "feat_stride", "num_frames", "default_fps", "downsample_rate",
-                   "max_seq_len", "trunc_thresh", "crop_ratio", "input_dim", "num_classes",
-                   "file_prefix", "force_upsampling", "input_modality", "mm_feat_folder", "task")
-_DATASET_KEYS = {
-    "perception": _DATASET_COMMON + ("feat_folder", "file_ext"),
-    "perception_tal_mm": _DATASET_COMMON + ("feat_folder_list", "file_ext_list", "feat_stride_list",
-                                            "num_frames_list"),
-}
-_MODEL_COPIES = ("input_dim", "num_classes", "max_seq_len", "train_cfg", "test_cfg")
-_SIGNS_TOP = ("dataset_name", "model_name", "devices", "init_rand_seed")
-_SIGNS_DATASET = ("json_file", "feat_folder", "feat_folder_list", "mm_feat_folder", "file_ext",
-                  "file_ext_list", "default_fps", "input_modality", "input_dim")
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-DEFAULT_VIDEO_DIM = 1024         # UMT-L / VideoMAE-L, when no video feature file can be read
-END_TOLERANCE = 1.0e9            # the original never checked event ends against the video length
-
 
 def is_original_config(raw: Any) -> bool:
     """True if ``raw`` (a parsed YAML mapping) is in the original project's layout."""
@@ -101,7 +36,7 @@ def is_original_config(raw: Any) -> bool:
     ds = ds if isinstance(ds, dict) else {}
     if "modalities" in ds or "annotation_file" in ds:     # ours (perhaps with a stray key)
         return False
-    return any(k in raw for k in _SIGNS_TOP) or any(k in ds for k in _SIGNS_DATASET)
+    return any(k in raw for k in SIGNS_TOP) or any(k in ds for k in SIGNS_DATASET)
 
 
 def convert_original_config(raw: Mapping[str, Any], source: str) -> Tuple[dict, List[str]]:
@@ -113,76 +48,6 @@ def convert_original_config(raw: Mapping[str, Any], source: str) -> Tuple[dict, 
     return _Converter(raw, source).run()
 
 
-def _get(d: Mapping[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d[part]
-    return d
-
-
-def _put(d: Dict[str, Any], dotted: str, value: Any) -> None:
-    *head, last = dotted.split(".")
-    for part in head:
-        d = d.setdefault(part, {})
-    d[last] = value
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists, recursively (YAML/our schema use lists)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(_plain(value))
-
-
-def _merge(defaults: Mapping[str, Any], raw: Mapping[str, Any]) -> dict:
-    """``raw`` over ``defaults`` recursively (an empty section keeps the defaults)."""
-    out = copy.deepcopy(dict(defaults))
-    for k, v in raw.items():
-        if isinstance(defaults.get(k), dict):
-            out[k] = _merge(defaults[k], v or {})
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def _modality_name(folder: str, taken: List[str]) -> str:
-    base = os.path.basename(os.path.normpath(str(folder))) or "video"
-    low = base.lower()
-    name = "videomae" if "videomae" in low else "umt" if "umt" in low else base
-    out, i = name, 2
-    while out in taken:
-        out, i = f"{name}_{i}", i + 1
-    return out
-
-
-def probe_pt_dim(folder: str) -> Optional[int]:
-    """Channels of the first ``.pt`` feature file (sorted by name) in ``folder``, read by memory
-    map; None when there is no readable 2-D tensor file there."""
-    try:
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".pt"))
-    except (OSError, TypeError):
-        return None
-    if not names:
-        return None
-    import torch  # only needed here; keeps config loading light
-    try:
-        t = torch.load(os.path.join(folder, names[0]), map_location="cpu", mmap=True, weights_only=True)
-    except Exception:  # noqa: BLE001 (any unreadable file: fall back to the documented width)
-        return None
-    return int(t.shape[1]) if isinstance(t, torch.Tensor) and t.dim() == 2 else None
-
-
 class _Converter:
     def __init__(self, raw: Mapping[str, Any], source: str) -> None:
         self.raw, self.source = raw, source
@@ -192,18 +57,18 @@ class _Converter:
     # ------------------------------------------------------------------ errors
     def _err(self, key: str, expected: str, got: Any = ..., what: str = "unsupported value for") \
             -> UserError:
-        tail = "" if got is ... else f", got {_fmt(got)}"
+        tail = "" if got is ... else f", got {fmt(got)}"
         return UserError(f"{what} original config key '{key}' ({self.source}): {expected}{tail}")
 
     def _given(self, dotted: str) -> bool:
         try:
-            _get(self.raw, dotted)
+            get_dotted(self.raw, dotted)
             return True
         except (KeyError, TypeError):
             return False
 
     def _require(self, dotted: str, doc: str) -> Any:
-        value = _get(self.o, dotted) if self._given(dotted) else None
+        value = get_dotted(self.o, dotted) if self._given(dotted) else None
         if value is None:
             raise self._err(dotted, doc, what="missing")
         return value
@@ -226,7 +91,7 @@ class _Converter:
             raise UserError(f"wrong top level in config file ({self.source}): expected a mapping")
         self.dataset_name = self._dataset_name()
         self._check_keys()
-        self.o = _merge(ORIGINAL_DEFAULTS, self.raw)
+        self.o = merge_defaults(ORIGINAL_DEFAULTS, self.raw)
         self._renames()
         self._dataset()
         self._model()
@@ -242,14 +107,14 @@ class _Converter:
                 else "perception"
             self.notes.append(f"dataset_name not set (the original's default 'epic' does not apply "
                               f"here): '{name}' inferred from the dataset keys")
-        if not isinstance(name, str) or name not in _DATASET_KEYS:
+        if not isinstance(name, str) or name not in DATASET_KEYS:
             raise self._err("dataset_name", "expected 'perception' (TSL) or 'perception_tal_mm' (TAL)",
                             name)
         return name
 
     def _check_keys(self) -> None:
-        sections = {"": _TOP, "dataset": _DATASET_KEYS[self.dataset_name],
-                    "model": tuple(ORIGINAL_DEFAULTS["model"]) + _MODEL_COPIES}
+        sections = {"": TOP_KEYS, "dataset": DATASET_KEYS[self.dataset_name],
+                    "model": tuple(ORIGINAL_DEFAULTS["model"]) + MODEL_COPIES}
         for sec in ("loader", "train_cfg", "test_cfg", "opt"):
             sections[sec] = tuple(ORIGINAL_DEFAULTS[sec])
         errs = []
@@ -274,20 +139,20 @@ class _Converter:
         for old, new in RENAMES.items():
             if old == "output_folder" and not self._given(old):
                 continue            # the original had no default for it: ours applies
-            value = _plain(_get(self.o, old))
-            _put(self.out, new, value)
+            value = plain(get_dotted(self.o, old))
+            put_dotted(self.out, new, value)
             if not self._given(old) and value != _schema_default(new):
-                defaulted.append(f"{new} {_fmt(value)}")
+                defaulted.append(f"{new} {fmt(value)}")
         devices = self.o["devices"]
         n_dev = len(devices) if isinstance(devices, (list, tuple)) and devices else 1
         for key in ("opt.learning_rate", "loader.num_workers") if n_dev > 1 else ():
-            value = _get(self.out, key)
-            if isinstance(value, str) and _FLOAT.match(value.strip()):
+            value = get_dotted(self.out, key)
+            if isinstance(value, str) and FLOAT_STR.match(value.strip()):
                 value = float(value)          # PyYAML reads 1e-4 as a string
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                _put(self.out, key, value * n_dev)
+                put_dotted(self.out, key, value * n_dev)
         if self._given("devices"):
-            self.notes.append(f"devices {_fmt(devices)} dropped: pick the device with --device" + (
+            self.notes.append(f"devices {fmt(devices)} dropped: pick the device with --device" + (
                 f"; learning_rate and num_workers multiplied by {n_dev} as the original did"
                 if n_dev > 1 else ""))
         renamed = [f"{o} -> {n}" for o, n in RENAMES.items() if o != n and self._given(o)]
@@ -301,10 +166,10 @@ class _Converter:
                               "with [] (no empty classes)")
         if self._given("dataset.file_prefix"):
             self.notes.append("dataset.file_prefix dropped: the original never used it")
-        for k in _MODEL_COPIES:
+        for k in MODEL_COPIES:
             if self._given(f"model.{k}"):
                 self.notes.append(f"model.{k} dropped: the original overwrote it with the "
-                                  f"{'dataset' if k in _MODEL_COPIES[:3] else k} value")
+                                  f"{'dataset' if k in MODEL_COPIES[:3] else k} value")
 
     def _dataset(self) -> None:
         ds = self.o["dataset"]
@@ -345,8 +210,8 @@ class _Converter:
         self.out["dataset"].update(modalities=mods, time_grid="stride", feat_stride=stride,
                                    num_frames=nframes)
         self.notes.append(f"time grid: time_grid 'stride' (the original's arithmetic), fps = "
-                          f"default_fps {_fmt(ds['default_fps'])}, feat_stride {stride}, num_frames "
-                          f"{nframes}, force_upsampling {_fmt(force)}")
+                          f"default_fps {fmt(ds['default_fps'])}, feat_stride {stride}, num_frames "
+                          f"{nframes}, force_upsampling {fmt(force)}")
 
     def _tsl_modalities(self, modality: str) -> List[dict]:
         ds = self.o["dataset"]
@@ -396,7 +261,7 @@ class _Converter:
                                                         if modality == "multi" else ""))
         mods: List[dict] = []
         for i, folder in enumerate(folders):
-            mods.append({"name": _modality_name(folder, [m["name"] for m in mods]), "path": folder,
+            mods.append({"name": modality_name(folder, [m["name"] for m in mods]), "path": folder,
                          "ext": lists["file_ext_list"][i], "dim": dims[i], "primary": i == 0})
             if i:
                 mods[-1]["resample"] = "centre"
@@ -428,7 +293,7 @@ class _Converter:
                                                        "LocPointTransformerMM1") else "model_name"
             raise self._err(key, "expected model_name LocPointTransformer with backbone_type "
                             "convTransformer, or LocPointTransformerMM1 with convTransformerMM1",
-                            _get(self.o, key))
+                            get_dotted(self.o, key))
         if tsl != (arch[0] == "LocPointTransformer"):
             want = "LocPointTransformer" if tsl else "LocPointTransformerMM1"
             raise self._err("model_name", f"expected {want!r} with dataset_name "
@@ -439,7 +304,7 @@ class _Converter:
             ok = isinstance(bb, (list, tuple)) and len(bb) == 3 and isinstance(bb[2], int)
             model["n_mha_win_size"] = [wins] * (bb[2] + 1 if ok else 6)
         else:
-            model["n_mha_win_size"] = _plain(wins)
+            model["n_mha_win_size"] = plain(wins)
         if tsl:
             if m["fused_embd"] is not None:
                 raise self._err("model.fused_embd", "expected null with LocPointTransformer (only "
@@ -463,8 +328,8 @@ class _Converter:
             raise self._err("test_cfg.nms_method", "expected 'soft' or 'hard'", t["nms_method"])
         nms = self.out["test_cfg"].setdefault("nms", {})
         nms["method"] = "gaussian" if t["nms_method"] == "soft" else "hard"
-        self.notes.append(f"test_cfg.nms_method {_fmt(t['nms_method'])} -> test_cfg.nms.method "
-                          f"{_fmt(nms['method'])}")
+        self.notes.append(f"test_cfg.nms_method {fmt(t['nms_method'])} -> test_cfg.nms.method "
+                          f"{fmt(nms['method'])}")
         if t["nms_method"] == "soft":
             if self._given("test_cfg.iou_threshold"):
                 self.notes.append("test_cfg.iou_threshold dropped: unused by Gaussian soft-NMS")
@@ -476,10 +341,10 @@ class _Converter:
             self.notes.append("test_cfg.voting_thresh dropped: unused with multiclass_nms")
 
     def _our_only(self) -> None:
-        _put(self.out, "train.ema_warmup", False)
-        _put(self.out, "train.eval_freq", 0)
-        _put(self.out, "dataset.on_missing", "error")
-        _put(self.out, "dataset.end_tolerance", END_TOLERANCE)
+        put_dotted(self.out, "train.ema_warmup", False)
+        put_dotted(self.out, "train.eval_freq", 0)
+        put_dotted(self.out, "dataset.on_missing", "error")
+        put_dotted(self.out, "dataset.end_tolerance", END_TOLERANCE)
         self.notes.append("set to match the original: train.ema_warmup false (fixed EMA decay), "
                           "train.eval_freq 0 (no validation while training), dataset.end_tolerance "
                           f"{END_TOLERANCE:g} s (event ends were never checked)")
@@ -491,4 +356,4 @@ def _schema_default(dotted: str) -> Any:
     spec: Any = SCHEMA
     for part in dotted.split("."):
         spec = spec[part]
-    return _plain(spec.default)
+    return plain(spec.default)

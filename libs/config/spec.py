@@ -20,7 +20,7 @@ from libs.config.schema import Config, Derived, Key, is_section, public_fields
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
                list: "a list"}
 # PyYAML (YAML 1.1) reads `1e-4` as a string; float keys accept that spelling.
-_FLOAT_STR = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+FLOAT_STR = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 # Keys of the previous schema that now live elsewhere: an old config gets the new name.
 RENAMED_KEYS = {
@@ -174,7 +174,7 @@ def check_scalar(value: Any, typ: type, name: str, source: str) -> Any:
             value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif typ is float:
-        if isinstance(value, str) and _FLOAT_STR.match(value.strip()):
+        if isinstance(value, str) and FLOAT_STR.match(value.strip()):
             value = float(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok and not math.isfinite(value):

@@ -6,16 +6,15 @@ the file is collected and reported at once in one :class:`UserError` naming the 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from libs.common.io import read_json
 from libs.common.errors import UserError, format_problems
 
 logger = logging.getLogger(__name__)
@@ -66,20 +65,7 @@ def _is_int(x: Any) -> bool:
 
 
 def _read_json(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise UserError(f"annotation file not found ({path}): expected a Perception Test JSON file")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise UserError(f"cannot read annotation file ({path}): {err.strerror or err}") from None
-    if not text.strip():
-        raise UserError(f"annotation file is empty ({path}): expected {{video_id: {{...}}}}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"invalid JSON in annotation file ({path}): {err.msg} at line {err.lineno} "
-                        f"column {err.colno}") from None
+    data = read_json(path, "annotation file", "a Perception Test JSON file {video_id: {...}}")
     if not isinstance(data, dict):
         raise UserError(f"annotation file top level is a {type(data).__name__} ({path}): "
                         "expected a mapping {video_id: {...}}")

@@ -15,7 +15,6 @@ Every video of the detections must have external scores; missing ones are a :cla
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
+from libs.common.io import read_json
 from libs.common.errors import UserError, format_problems
 
 logger = logging.getLogger(__name__)
@@ -63,17 +63,8 @@ def load_ext_scores(path: str, num_classes: int) -> Dict[str, np.ndarray]:
     """
     path = os.fspath(path)
     assert num_classes >= 1, "num_classes must be >= 1"
-    if not os.path.isfile(path):
-        raise UserError(f"external score file not found ({path}, {CONFIG_KEY}): expected a JSON "
-                        "file {video_id: [class scores]}")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise UserError(f"external score file is not valid JSON ({path}): {err.msg} at line "
-                        f"{err.lineno} column {err.colno}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read external score file ({path}): {err}") from None
+    data = read_json(path, f"external score file ({CONFIG_KEY})",
+                     "a JSON file {video_id: [class scores]}")
     if isinstance(data, dict) and set(data) == {"results"} and isinstance(data["results"], dict):
         data = data["results"]
     if not isinstance(data, dict):

@@ -18,8 +18,8 @@ from libs.common.errors import UserError
 from libs.modeling.decode import decode_candidates
 from libs.config.schema import Config, NmsConfig, TestCfgConfig
 from libs.datasets import PerceptionDataset, make_loader
-from libs.evaluation.metrics import (MetricResult, evaluate_map, ground_truth_from_records,
-                                     predictions_from_detections)
+from libs.evaluation.metrics import MetricResult, evaluate_map
+from libs.evaluation.events import ground_truth_from_records, predictions_from_detections
 from libs.ops.nms import batched_nms_videos
 
 log = logging.getLogger(__name__)

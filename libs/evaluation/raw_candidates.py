@@ -11,7 +11,6 @@ concatenated grid cells and needed the same 192-cell grid everywhere).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,9 +20,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from libs.common.io import read_json
 from libs.common.errors import UserError, format_problems
 from libs.common.io import atomic_path
-from libs.evaluation.metrics import as_numpy
+from libs.evaluation.events import as_numpy
 from libs.evaluation.submission import write_json
 
 logger = logging.getLogger(__name__)
@@ -97,13 +97,7 @@ def write_raw_meta(out_dir: str, meta: Mapping[str, Any]) -> str:
 
 def _read_meta(folder: Path) -> Dict[str, Any]:
     path = folder / META_NAME
-    if not path.is_file():
-        raise UserError(f"raw candidate meta missing ({path}): expected a folder written by "
-                        "eval.py --save-raw")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"unreadable raw candidate meta ({path}): {err}") from None
+    meta = read_json(path, "raw candidate meta", "a folder written by eval.py --save-raw")
     bad = [] if isinstance(meta, dict) else ["not a mapping"]
     if not bad:
         bad = [f"missing '{k}'" for k in META_REQUIRED if k not in meta]

@@ -20,9 +20,10 @@ from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from libs.common.io import read_json
 from libs.common.errors import UserError, format_problems
 from libs.common.io import atomic_write_text
-from libs.evaluation.metrics import Predictions, as_numpy
+from libs.evaluation.events import Predictions, as_numpy
 
 
 def detections_to_submission(detections: Iterable[Mapping[str, Any]], task: str,
@@ -150,16 +151,7 @@ def load_submission(path: str, task: str) -> Predictions:
 def load_submission_with_ids(path: str, task: str) -> Tuple[Predictions, List[str]]:
     """:func:`load_submission` plus every video id of the file (also those with no entries)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"submission file not found ({path}): expected a JSON file")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise UserError(f"submission is not valid JSON ({path}): {err.msg} at line {err.lineno} "
-                        f"column {err.colno}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read submission ({path}): {err}") from None
+    data = read_json(path, "submission", f"a JSON file {{video_id: {{'{task}': [...]}}}}")
     if not isinstance(data, dict):
         raise UserError(f"submission top level is a {type(data).__name__} ({path}): expected a "
                         f"mapping {{video_id: {{'{task}': [...]}}}}")

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from libs.common.distributed import all_reduce_sum
+
 __all__ = ["sigmoid_focal_loss", "ctr_diou_loss_1d", "LossNormalizer", "detection_losses",
            "per_video_nonfinite"]
 
@@ -75,21 +77,6 @@ def ctr_diou_loss_1d(pred: Tensor, target: Tensor, reduction: str = "sum", eps: 
 NumPos = Union[int, Tensor]
 
 
-def _dist_sum(num_pos: NumPos) -> NumPos:
-    """Sum ``num_pos`` over the ranks of the default process group (no-op without one)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return num_pos
-    if isinstance(num_pos, Tensor):
-        buf = num_pos.detach().clone().to(torch.float64)
-    else:
-        device = torch.device("cpu")
-        if torch.distributed.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        buf = torch.tensor(float(num_pos), dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
-    return buf
-
-
 class LossNormalizer:
     """EMA of the number of positive points: ``N <- m N + (1 - m) max(num_pos, 1)``.
 
@@ -106,7 +93,7 @@ class LossNormalizer:
 
     def update(self, num_pos: NumPos) -> float:
         """Fold one batch's positive count into the EMA; returns the new value."""
-        reduce_fn = self.reduce_fn if self.reduce_fn is not None else _dist_sum
+        reduce_fn = self.reduce_fn if self.reduce_fn is not None else all_reduce_sum
         total = reduce_fn(num_pos)
         if isinstance(total, Tensor):
             total = total.item()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Optional, Union
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +33,7 @@ class TensorboardWriter:
         if self._writer is not None:
             self._writer.add_scalar(tag, float(value), step)
 
-    def add_scalars(self, main_tag: str, values: Dict[str, float], step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_scalars(main_tag, {k: float(v) for k, v in values.items()}, step)
-
-    def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-    def __enter__(self) -> "TensorboardWriter":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

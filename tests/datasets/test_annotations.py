@@ -115,7 +115,7 @@ def test_annotation_errors_name_the_video(tmp_path, name, fn, expected):
 
 @pytest.mark.parametrize("content,expected", [
     ("", "empty"),
-    ("{not json", "invalid JSON"),
+    ("{not json", "not valid JSON"),
     ("{}", "no videos"),
     ("[1, 2]", "top level is a list"),
 ])

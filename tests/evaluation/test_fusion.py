@@ -19,7 +19,8 @@ from libs.evaluation.fusion import (check_compatible, detections_list, fuse_pool
 from libs.config import NmsConfig
 from libs.evaluation.raw_candidates import (load_raw_dir, prepare_raw_dir, raw_candidate_hook,
                                        save_raw_candidates, write_raw_meta)
-from libs.evaluation.metrics import GroundTruth, evaluate_map, predictions_from_detections
+from libs.evaluation.metrics import evaluate_map
+from libs.evaluation.events import GroundTruth, predictions_from_detections
 from libs.ops.nms import batched_nms
 from libs.evaluation.submission import load_submission
 
@@ -78,7 +79,7 @@ def test_raw_round_trip_and_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_raw_dir(str(tmp_path / "nope"))
     (tmp_path / "nometa").mkdir()
-    with pytest.raises(UserError, match="meta missing"):
+    with pytest.raises(UserError, match="meta not found"):
         load_raw_dir(str(tmp_path / "nometa"))
     (d / "vid1.npz").write_bytes(b"not a zip file")
     (d / "vid2.npz").unlink()

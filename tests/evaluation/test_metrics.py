@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 
 from libs.common.errors import UserError
 from libs.datasets.annotations import VideoRecord
-from libs.evaluation.metrics import (GroundTruth, Predictions, evaluate_map, ground_truth_from_records,
-                                interpolated_ap, predictions_from_detections)
+from libs.evaluation.metrics import evaluate_map, interpolated_ap
+from libs.evaluation.events import (GroundTruth, Predictions, ground_truth_from_records,
+                                    predictions_from_detections)
 
 
 def gt_of(rows):
@@ -162,16 +162,21 @@ def _iou(p, g):
 
 
 def reference_map(gt_rows, pred_rows, thrs, top_k=(1, 5)):
-    """Straight transcription of numerics s.5 (stable sorts, unknown classes ignored)."""
+    """Straight transcription of the metrics module docstring (stable sorts, unknown classes
+    ignored). Returns AP (n_thr, n_cls), top-k recall (n_thr, n_cls, n_k) and the matched GT row
+    of every prediction (n_thr, N), -1 for a false positive or an ignored prediction."""
     classes = sorted({r[3] for r in gt_rows})
     ap = [[0.0] * len(classes) for _ in thrs]
     rec_k = [[[0.0] * len(top_k) for _ in classes] for _ in thrs]
+    matched = [[-1] * len(pred_rows) for _ in thrs]
     for j, c in enumerate(classes):
-        g = [r for r in gt_rows if r[3] == c]
-        p = [r for r in pred_rows if r[3] == c]
-        if not p:
+        g_rows = [k for k, r in enumerate(gt_rows) if r[3] == c]
+        g = [gt_rows[k] for k in g_rows]
+        p_rows = [k for k, r in enumerate(pred_rows) if r[3] == c]
+        if not p_rows:
             continue
-        p = sorted(p, key=lambda r: -r[4])                       # stable
+        p_rows = sorted(p_rows, key=lambda k: -pred_rows[k][4])  # stable
+        p = [pred_rows[k] for k in p_rows]
         lock = [[False] * len(g) for _ in thrs]
         tp = [[0] * len(p) for _ in thrs]
         for i, pr in enumerate(p):
@@ -188,6 +193,7 @@ def reference_map(gt_rows, pred_rows, thrs, top_k=(1, 5)):
                         continue
                     tp[t][i] = 1
                     lock[t][k] = True
+                    matched[t][p_rows[i]] = g_rows[k]
                     break
         for t in range(len(thrs)):
             ctp = cfp = 0
@@ -210,7 +216,7 @@ def reference_map(gt_rows, pred_rows, thrs, top_k=(1, 5)):
                     pv = [r for r in p if r[0] == v][:k * len(gv)]
                     hits += sum(any(_iou(q[1:3], r[1:3]) >= thr for q in pv) for r in gv)
                 rec_k[t][j][kk] = hits / len(g)
-    return np.array(ap), np.array(rec_k)
+    return np.array(ap), np.array(rec_k), np.array(matched, dtype=np.int64).reshape(len(thrs), -1)
 
 
 def _random_case(rng):
@@ -242,23 +248,36 @@ def test_matches_plain_python_reference(seed):
     gt, preds = _random_case(rng)
     thrs = (0.1, 0.2, 0.3, 0.4, 0.5)
     r = evaluate_map(gt_of(gt), pred_of(preds), thrs)
-    ap, rec = reference_map(gt, preds, thrs)
+    ap, rec, matched = reference_map(gt, preds, thrs)
     np.testing.assert_allclose(r.ap, ap, rtol=0, atol=1e-12)
     np.testing.assert_allclose(r.recall, rec, rtol=0, atol=1e-12)
     assert math.isclose(r.average_map, float(ap.mean(axis=1).mean()), abs_tol=1e-12)
+    # The per-prediction outcome is the reference's walk, event for event.
+    np.testing.assert_array_equal(r.matches.matched_event, matched)
+    np.testing.assert_array_equal(r.matches.is_tp.sum(axis=1),
+                                  [sum(m >= 0 for m in row) for row in matched])
 
 
-def test_fast_enough():
-    rng = np.random.default_rng(0)
-    n_vid, n_cls, n_pred = 200, 12, 20000
-    g_vid = rng.integers(n_vid, size=1500)
-    g_s = rng.uniform(0, 50, 1500)
-    gt = GroundTruth(g_vid.astype(str), g_s, g_s + rng.uniform(0.5, 10, 1500), rng.integers(n_cls, size=1500))
-    j = rng.integers(1500, size=n_pred)
-    s = g_s[j] + rng.normal(0, 1, n_pred)
-    pr = Predictions(g_vid[j].astype(str), s, np.maximum(s + 0.1, gt.t_end[j] + rng.normal(0, 1, n_pred)),
-                     np.where(rng.random(n_pred) < 0.8, gt.labels[j], rng.integers(n_cls, size=n_pred)),
-                     rng.random(n_pred))
-    t0 = time.perf_counter()
-    evaluate_map(gt, pr)
-    assert time.perf_counter() - t0 < 1.0
+def test_prediction_matches_hand_case():
+    gt = gt_of([("a", 0, 10, 0), ("a", 8, 18, 0), ("a", 30, 40, 1)])
+    # Input order: a low-score duplicate of event 0, a class-2 prediction (no GT: ignored),
+    # the best prediction of event 0, and [1, 11] (tIoU 9/11 with event 0, 3/17 with event 1).
+    pr = pred_of([("a", 0, 10, 0, 0.5), ("a", 0, 5, 2, 0.99), ("a", 0, 10, 0, 0.9),
+                  ("a", 1, 11, 0, 0.8)])
+    m = evaluate_map(gt, pr, tiou_thresholds=(0.1, 0.5)).matches
+    np.testing.assert_array_equal(m.matched_event, [[-1, -1, 0, 1], [-1, -1, 0, -1]])
+    np.testing.assert_array_equal(m.rank_in_class, [2, -1, 0, 1])
+    np.testing.assert_array_equal(m.counted, [True, False, True, True])
+    assert m.threshold_index(0.5) == 1
+    with pytest.raises(KeyError, match="0.3"):
+        m.threshold_index(0.3)
+
+
+def test_thresholds_are_independent():
+    rng = np.random.default_rng(3)
+    gt, preds = _random_case(rng)
+    many = evaluate_map(gt_of(gt), pred_of(preds), (0.05, 0.1, 0.3, 0.5, 0.7, 0.9))
+    for i, t in enumerate(many.tiou_thresholds):
+        one = evaluate_map(gt_of(gt), pred_of(preds), (t,))
+        np.testing.assert_array_equal(one.ap[0], many.ap[i])
+        np.testing.assert_array_equal(one.matches.matched_event[0], many.matches.matched_event[i])

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from libs.common.errors import UserError
-from libs.evaluation.metrics import GroundTruth, evaluate_map, predictions_from_detections
+from libs.evaluation.metrics import evaluate_map
+from libs.evaluation.events import GroundTruth, predictions_from_detections
 from libs.evaluation.submission import (detections_to_submission, load_submission,
                                    load_submission_with_ids, write_json)
 

@@ -197,11 +197,8 @@ def test_distributed_single_process(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     info = du.init_distributed("cpu")
     assert (info.rank, info.world_size, info.local_rank, info.device.type) == (0, 1, 0, "cpu")
-    assert du.is_main_process() and info.is_main
     t = torch.tensor([1.0, 2.0])
-    assert du.all_reduce_sum(t) is t and t.tolist() == [1.0, 2.0]
-    assert du.all_reduce_mean_dict({"b": 2, "a": 1.5}) == {"a": 1.5, "b": 2.0}
-    du.barrier()
+    assert du.all_reduce_sum(t) is t and du.all_reduce_sum(3.0) == 3.0   # no process group
     du.cleanup()
 
 
@@ -210,9 +207,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     du.init_distributed("cpu")
     s = du.all_reduce_sum(torch.tensor([float(rank + 1)]))
-    m = du.all_reduce_mean_dict({"loss": float(rank)})
-    du.barrier()
-    torch.save({"sum": s.item(), "mean": m["loss"]}, f"{out}.{rank}")
+    n = du.all_reduce_sum(float(rank))
+    torch.save({"sum": s.item(), "mean": n.item() / world}, f"{out}.{rank}")
     du.cleanup()
 
 
@@ -247,8 +243,9 @@ def test_tensorboard_writer(tmp_path):
     off.add_scalar("x", 1.0, 0)
     off.close()
     assert not off.enabled and not (tmp_path / "rank1").exists()
-    with TensorboardWriter(tmp_path / "tb") as tb:
-        tb.add_scalar("train/lr", 0.1, 1)
-        tb.add_scalars("train/losses", {"cls": 1.0}, 1)
+    tb = TensorboardWriter(tmp_path / "tb")
+    assert tb.enabled
+    tb.add_scalar("train/lr", 0.1, 1)
+    tb.close()
     assert tb.enabled is False  # closed
     assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
