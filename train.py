@@ -3,7 +3,7 @@
     python train.py CONFIG [--output NAME] [--resume CKPT] [--opt KEY=VALUE ...] [--device cpu|cuda]
 
 Multi-GPU: ``torchrun --nproc_per_node N train.py CONFIG`` (torch.distributed, one process per GPU).
-Outputs go to ``<output_folder>/<config stem>_<NAME or timestamp>/`` (SPEC s.4).
+Outputs go to ``<output_folder>/<config stem>_<NAME or timestamp>/`` (docs/numerics.md s.10.1).
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@
         [--overwrite] [--trusted]
 
 The model is built from CFG (our schema or an original-project config) and both weight sets of
-ORIG (``state_dict`` and ``state_dict_ema``, DataParallel ``module.`` keys; seed_behaviour.md
-s.4.4) are mapped onto it strictly: every key used, every parameter filled, every shape equal.
+ORIG (``state_dict`` and ``state_dict_ema``, DataParallel ``module.`` keys; docs/numerics.md
+s.4.11) are mapped onto it strictly: every key used, every parameter filled, every shape equal.
 OUT holds ``epoch``, ``state_dict``, ``state_dict_ema``, ``config`` and ``label_map`` and is
 loaded by ``eval.py`` (it has no optimizer state, so ``train.py --resume`` cannot continue it).
 OUT is written atomically and an existing OUT is kept unless ``--overwrite`` is given.

@@ -7,7 +7,7 @@
 
 ``pool``: all runs' pre-NMS candidates (scores x weight) go through one NMS per video (the
 original's post-fusion). ``wbf``: each run goes through the NMS alone, then 1-D weighted box
-fusion (``libs/evaluation/fusion.py``). The submission (SPEC s.6) holds every video of the runs (and of
+fusion (``libs/evaluation/fusion.py``). The submission (docs/numerics.md s.10.2) holds every video of the runs (and of
 the split, with --annotations). With --annotations, the metric of each run (after its own NMS with
 the same settings) and of the fusion is printed and written to ``<out stem>_metrics.json``.
 The NMS options are the keys of ``test_cfg.nms`` (same names and defaults, docs/config.md).

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a Perception Test annotation file (SPEC s.2.1) for new, unlabelled videos.
+"""Write a Perception Test annotation file (docs/numerics.md s.1.1) for new, unlabelled videos.
 
     python tools/make_annotations.py --features DIR [--features DIR2 ...] --out ANN.json \\
         [--fps 30] --num-frames-from {csv,features} [--csv FILE] \\

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the bundled synthetic demo dataset, in the real Perception Test formats (SPEC s.2).
+"""Generate the bundled synthetic demo dataset, in the real Perception Test formats (docs/numerics.md s.1).
 
     python tools/make_demo_data.py [--out data/demo] [--seed 0] [--overwrite]
         [--num-train 64 --num-valid 24 --num-test 16] [--min-duration 8 --max-duration 16]

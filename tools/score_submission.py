@@ -1,4 +1,4 @@
-"""Score a challenge submission JSON against a Perception Test annotation file (SPEC s.6).
+"""Score a challenge submission JSON against a Perception Test annotation file (docs/numerics.md s.8).
 
     python tools/score_submission.py ANNOTATIONS SUBMISSION --task T --split S
         [--num-classes K] [--json OUT] [--overwrite]

@@ -1,6 +1,6 @@
 """User-facing errors and the CLI wrapper that turns them into one line and exit status 2.
 
-Convention (SPEC s.7): a message reads ``<what> (<where>): <expected>``, e.g.
+Convention (docs/differences.md s.5.5): a message reads ``<what> (<where>): <expected>``, e.g.
 ``unknown config key 'opt.learning_rat' (configs/x.yaml): did you mean 'opt.learning_rate'?``.
 Raise :class:`UserError` for mistakes a user can fix (bad file, key, value, annotation);
 use ``assert`` only for our own invariants.

@@ -2,7 +2,7 @@
 
 Atomic file writes: every output (configs, checkpoints, submissions, metrics, raw candidates,
 packed features) is written to a temp file in the destination folder and renamed onto its path,
-so a crash never leaves a half-written file over a good one (SPEC s.4, s.7)."""
+so a crash never leaves a half-written file over a good one (docs/differences.md s.5.4)."""
 from __future__ import annotations
 
 import contextlib

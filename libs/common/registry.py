@@ -1,5 +1,5 @@
 """A name -> class table for the places where the config chooses an implementation
-(``model.backbone``, ``model.neck``); STYLE s.5."""
+(``model.backbone``, ``model.neck``)."""
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterator, Sequence, Type

@@ -1,4 +1,4 @@
-"""Seeding, determinism switches and RNG state capture for exact resume (numerics s.4).
+"""Seeding, determinism switches and RNG state capture for exact resume (docs/numerics.md s.9.6).
 
 ``get_rng_state()`` returns only tensors and plain Python values, so it can be stored in a
 checkpoint and read back with ``torch.load(weights_only=True)``.

@@ -4,14 +4,14 @@
 returns an equivalent raw mapping in OUR schema (``libs/config/schema.py``; pass it to
 ``resolve_config``) and human-readable notes on what was mapped, dropped or assumed.
 
-Two dataset styles (seed_behaviour.md s.2.3, s.3):
+Two dataset styles (docs/numerics.md s.11.2-11.3):
 - ``perception`` (TSL): ``feat_folder`` (primary) + optional ``mm_feat_folder`` (video ``.pt``,
   endpoint-resampled to the primary's rows); ``input_dim`` is the concatenated width.
 - ``perception_tal_mm`` (TAL): ``feat_folder_list`` video families (the first is primary, the others
   'centre'-resampled) + ``mm_feat_folder`` BEATs ``.npy`` stacked 2 rows per step; ``input_dim`` and
   ``model.embd_dim`` are lists (one entry per channel group), ``model.fused_embd`` the fused width.
-Keys an original config omits take the ORIGINAL's defaults (s.4.1), so results match it. The time
-grid is the original's ``stride`` arithmetic with ``fps = default_fps`` (SPEC s.2.4).
+Keys an original config omits take the ORIGINAL's defaults (docs/numerics.md s.11.1), so results match it. The time
+grid is the original's ``stride`` arithmetic with ``fps = default_fps`` (docs/numerics.md s.2.1).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Perception Test annotation JSON -> validated :class:`VideoRecord` lists (SPEC s.2.1).
+"""Perception Test annotation JSON -> validated :class:`VideoRecord` lists (docs/numerics.md s.1.1).
 
 Times are in seconds here: the file stores event timestamps in microseconds and the video length as
 ``num_frames`` / ``frame_rate`` (the original multiplied them: a bug fixed here). Every problem of

@@ -1,6 +1,6 @@
 """Training truncation: a random window of the grid and the events that stay mostly inside it.
 
-Follows the original ``data_utils.truncate_feats`` (seed s.2.4, actionformer_numerics s.2.1), with
+Follows the original ``data_utils.truncate_feats`` (docs/numerics.md s.3.1), with
 all random windows drawn up front and scored at once (vectorised over windows and events).
 """
 from __future__ import annotations

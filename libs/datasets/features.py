@@ -1,4 +1,4 @@
-"""Per-modality feature files: ``<folder>/<video_id>.npy|.pt`` or one ``.h5`` (SPEC s.2.2).
+"""Per-modality feature files: ``<folder>/<video_id>.npy|.pt`` or one ``.h5`` (docs/numerics.md s.1.2).
 
 :class:`FeatureSource` reads one video's ``(T, dim)`` float32 array and checks files cheaply
 (headers and shapes only) so that every problem of a split is found before training starts.

@@ -1,6 +1,6 @@
 """The Perception Test dataset: annotations + multimodal features -> grid-cell training items.
 
-Assembly (SPEC s.2.3-2.4): the primary modality's ``T`` rows set the grid; every other modality is
+Assembly (docs/numerics.md s.1.3, s.2): the primary modality's ``T`` rows set the grid; every other modality is
 resampled linearly in time to ``rows_per_step * T`` rows and ``rows_per_step`` consecutive rows are
 stacked as channels; channels are concatenated in config order; with ``force_upsampling`` the
 ``(C, T)`` features are resized to ``max_seq_len`` cells. Every feature file of the split is checked
@@ -61,7 +61,7 @@ def stack_rows(x: np.ndarray, t: int, k: int) -> np.ndarray:
 
 
 class PerceptionDataset(Dataset):
-    """Videos of ``splits`` with their assembled features (SPEC s.2; item layout in
+    """Videos of ``splits`` with their assembled features (docs/numerics.md s.1-3; item layout in
     docs/architecture.md). ``set_epoch`` (or ``(epoch, index)`` keys from the loader's sampler)
     makes training crops depend only on ``(seed, epoch, index)``."""
 

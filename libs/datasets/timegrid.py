@@ -1,4 +1,4 @@
-"""Seconds <-> grid cells (SPEC s.2.4). The only place where this arithmetic lives.
+"""Seconds <-> grid cells (docs/numerics.md s.2). The only place where this arithmetic lives.
 
 ``grid = seconds * fps / feat_stride - 0.5 * num_frames / feat_stride`` and the inverse
 ``seconds = (grid * feat_stride + 0.5 * num_frames) / fps`` (the reference's float order).
@@ -52,7 +52,7 @@ class TimeGrid:
 def make_time_grid(dataset_cfg: DatasetConfig, t_primary: int, duration: float) -> TimeGrid:
     """The grid of a video with ``t_primary`` primary rows and ``duration`` seconds.
 
-    ``stride`` mode (the original, seed s.2.2): with force_upsampling
+    ``stride`` mode (the original, docs/numerics.md s.2.1): with force_upsampling
     ``stride = ((T-1)*feat_stride + num_frames)/max_seq_len`` and ``nframes = stride`` (case 2),
     else ``stride = feat_stride``, ``nframes = num_frames`` (case 1); ``fps = dataset.fps``.
     ``duration`` mode: ``L = max_seq_len if force_upsampling else T``, ``fps = L / duration``,

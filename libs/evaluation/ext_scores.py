@@ -1,4 +1,4 @@
-"""External video-level class scores fused with class-agnostic detections (numerics s.3.4).
+"""External video-level class scores fused with class-agnostic detections (docs/numerics.md s.7.5).
 
 ``test_cfg.ext_score_file`` names a JSON file of per-video class scores, either
 ``{video_id: [K scores]}`` or the original's ``{"results": {video_id: [K scores]}}``. Per video:

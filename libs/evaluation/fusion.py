@@ -1,4 +1,4 @@
-"""Fusion of several models' outputs on the same split (seed s.6.6, made to work).
+"""Fusion of several models' outputs on the same split (made to work: docs/differences.md s.3.7).
 
 Raw candidate folders are read and written by ``libs/evaluation/raw_candidates.py``.
 

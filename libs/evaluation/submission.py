@@ -1,4 +1,4 @@
-"""The challenge submission JSON (SPEC s.6, seed s.6.3): writer, atomic file output, and reader.
+"""The challenge submission JSON (docs/numerics.md s.10.2): writer, atomic file output, and reader.
 
 Format::
 

@@ -1,4 +1,4 @@
-"""Load the original project's released checkpoints (seed_behaviour.md s.4.4, s.5.3).
+"""Load the original project's released checkpoints (docs/numerics.md s.4.11, s.10.1).
 
 The original ``*.pth.tar`` files hold ``{'epoch', 'state_dict', 'state_dict_ema', 'optimizer',
 'scheduler'}``; both state dicts come from an ``nn.DataParallel`` wrapper, so every key starts with

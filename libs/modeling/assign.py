@@ -1,6 +1,6 @@
 """Label assignment: ground-truth segments -> per-point classification and regression targets.
 
-Semantics follow the reference ``label_points_single_video`` (numerics s.2.3, seed s.5.1), applied
+Semantics follow the reference ``label_points_single_video`` (docs/numerics.md s.5), applied
 to a whole batch at once by padding the ground-truth lists:
 
 - a point ``[t, lo, hi, s]`` is *inside* GT ``[a, b]`` when it lies strictly inside the centre

@@ -1,4 +1,4 @@
-"""Masked multi-head convolutional self-attention, global and local (reference numerics s.1.5).
+"""Masked multi-head convolutional self-attention, global and local (docs/numerics.md s.4.5).
 
 Front end shared by both: depthwise ``MaskedConv1D`` (no bias) -> channel LayerNorm -> 1x1 conv
 for each of q, k, v. The depthwise kernel is ``stride + 1`` for a strided block and 3 otherwise;

@@ -1,4 +1,4 @@
-"""ActionFormer backbones (reference numerics s.1.3; seed behaviour s.4.2-4.3) and their registry.
+"""ActionFormer backbones (docs/numerics.md s.4.3) and their registry.
 
 A registered backbone is an ``nn.Module`` class whose constructor takes the keyword arguments of
 :func:`build_backbone` and whose ``forward(x (B, C, T), mask (B, 1, T) bool)`` returns two lists,
@@ -91,7 +91,7 @@ class _ConvTransformer(nn.Module):
             TransformerBlock(embd_dim, n_head, window_size=self.windows[1 + i], stride=scale_factor,
                              **block)
             for i in range(n_branch))
-        for m in self.modules():                      # s.1.3 step 6: every backbone bias is 0
+        for m in self.modules():                      # docs/numerics.md s.4.3 step 6: every backbone bias is 0
             if isinstance(m, (nn.Conv1d, nn.Linear)) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -113,7 +113,7 @@ class _ConvTransformer(nn.Module):
             x = torch.cat([p(g, mask)[0] for p, g in zip(self.proj, groups)], dim=1)  # (B, sum e_i, T)
         for conv, norm in zip(self.embd, self.embd_norm):
             x, mask = conv(x, mask)
-            x = F.relu(norm(x))                       # padded positions become relu(LN bias) (s.1.9)
+            x = F.relu(norm(x))                       # padded positions become relu(LN bias) (docs/numerics.md s.4.9)
         if self.use_abs_pe:
             x = x + self.position_embedding(x.shape[-1]) * mask.to(x.dtype)
         for blk in self.stem:

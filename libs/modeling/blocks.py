@@ -1,4 +1,4 @@
-"""Pre-LN transformer block of the ActionFormer backbone (reference numerics s.1.4)."""
+"""Pre-LN transformer block of the ActionFormer backbone (docs/numerics.md s.4.4)."""
 from __future__ import annotations
 
 from typing import Tuple

@@ -1,4 +1,4 @@
-"""Inference decoding: per-level head outputs -> candidate segments per video (numerics s.3.1).
+"""Inference decoding: per-level head outputs -> candidate segments per video (docs/numerics.md s.7.1).
 
 For each pyramid level and each video:
   prob = sigmoid(logits) * mask, flattened as index = t_idx * K + k;

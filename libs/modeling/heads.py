@@ -1,4 +1,4 @@
-"""Classification and regression heads shared across pyramid levels (reference numerics s.1.8).
+"""Classification and regression heads shared across pyramid levels (docs/numerics.md s.4.7).
 
 Each head has ``num_layers - 1`` blocks ``MaskedConv1D(k) -> LN -> ReLU`` (``head.{i}``,
 ``norm.{i}``) and an output ``MaskedConv1D``. Inputs are lists of ``(B, C, T_l)`` features and
@@ -37,7 +37,7 @@ class _HeadTrunk(nn.Module):
     def _trunk(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         for conv, norm in zip(self.head, self.norm):
             x, _ = conv(x, mask)
-            x = F.relu(norm(x))                        # padding is not re-zeroed (s.1.9)
+            x = F.relu(norm(x))                        # padding is not re-zeroed (docs/numerics.md s.4.9)
         return x
 
 

@@ -1,4 +1,4 @@
-"""Basic layers of the ActionFormer network (reference numerics s.1.1, 1.2, 1.4, 1.8).
+"""Basic layers of the ActionFormer network (docs/numerics.md s.4.1, 4.2, 4.4, 4.7).
 
 All sequence tensors are ``(B, C, T)`` float; masks are ``(B, 1, T)`` bool, True = valid.
 """
@@ -13,7 +13,7 @@ import torch.nn as nn
 class MaskedConv1D(nn.Module):
     """``Conv1d`` with odd kernel and ``padding = kernel_size // 2`` whose *output* is masked.
 
-    The input is not masked (padding values leak into the boundary outputs, s.1.9). With stride
+    The input is not masked (padding values leak into the boundary outputs, docs/numerics.md s.4.9). With stride
     ``s > 1`` the output mask keeps input positions ``0, s, 2s, ...`` (nearest resampling); the
     input length must be divisible by ``s``. A bias, if any, is initialised to 0.
     """
@@ -40,7 +40,7 @@ class MaskedConv1D(nn.Module):
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channels of a ``(B, C, T)`` tensor, affine params of shape ``(1, C, 1)``.
 
-    Op order (s.1.2): mean, subtract, mean of squares (biased), sqrt(var + eps), divide, then
+    Op order (docs/numerics.md s.4.2): mean, subtract, mean of squares (biased), sqrt(var + eps), divide, then
     ``* weight + bias``. An all-zero column maps to ``bias``.
     """
 

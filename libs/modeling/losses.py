@@ -1,5 +1,5 @@
 """Training losses: sigmoid focal loss, centre-based 1-D DIoU, the loss normaliser EMA and the
-batch loss of the detector (numerics s.2.4, seed s.5.1).
+batch loss of the detector (docs/numerics.md s.6).
 
 Deliberate differences from the reference, both documented:
 - ``LossNormalizer`` is an object with ``state_dict`` so a checkpoint can carry it (the reference

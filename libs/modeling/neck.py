@@ -1,4 +1,4 @@
-"""Necks between backbone levels and heads (reference numerics s.1.6) and their registry.
+"""Necks between backbone levels and heads (docs/numerics.md s.4.6) and their registry.
 
 A registered neck is an ``nn.Module`` class built from ``(in_channels: list[int] per backbone
 level, out_channels: int, scale_factor: int, start_level: int, with_ln: bool)``; its
@@ -30,7 +30,7 @@ def build_neck(name: str, **kwargs) -> nn.Module:
 class IdentityNeck(nn.Module):
     """``LN_l(feat_l)`` per level (``fpn_norms.{l}``), masks passed through.
 
-    Padded positions are not re-masked after the LN, so they hold the LN bias (s.1.9).
+    Padded positions are not re-masked after the LN, so they hold the LN bias (docs/numerics.md s.4.9).
     """
 
     def __init__(self, *, in_channels: Sequence[int], out_channels: int, scale_factor: int = 2,

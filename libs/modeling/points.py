@@ -1,4 +1,4 @@
-"""Candidate points per pyramid level (reference numerics s.1.7)."""
+"""Candidate points per pyramid level (docs/numerics.md s.4.8)."""
 from __future__ import annotations
 
 from typing import List, Sequence

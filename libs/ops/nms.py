@@ -1,7 +1,6 @@
 """1-D non-maximum suppression of temporal segments (hard, linear and Gaussian soft-NMS).
 
-One entry point with three interchangeable backends (SPEC s.5; reference algorithm in
-shared/reference/actionformer_numerics.md s.3.2):
+One entry point with three interchangeable backends (algorithm: docs/numerics.md s.7.2):
 
 * ``'cuda'``: compiled CUDA kernel, every (video, class) group of a batch in one launch;
 * ``'cpp'``: compiled CPU kernel (``libs/ops/csrc/``);

@@ -1,4 +1,4 @@
-"""Exponential moving average of model weights (numerics s.4 "Model EMA").
+"""Exponential moving average of model weights (docs/numerics.md s.9.4).
 
 ``ema = d * ema + (1 - d) * model`` over every floating-point ``state_dict()`` entry after each
 optimizer step; non-float entries (integer buffers) are copied. With ``warmup`` the decay of the

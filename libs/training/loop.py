@@ -38,7 +38,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def compute_losses(outputs: dict, batch: dict, normalizer: LossNormalizer, train_cfg: TrainCfgConfig,
                    num_classes: int) -> Dict[str, torch.Tensor]:
-    """Targets for every point of every level, then focal + DIoU losses (docs/numerics.md)."""
+    """Targets for every point of every level, then focal + DIoU losses (docs/numerics.md s.5-6)."""
     points = torch.cat(outputs["points"], dim=0)  # (P, 4)
     cls_targets, reg_targets = assign_targets(
         points, batch["segments"], batch["labels"], num_classes,

@@ -1,4 +1,4 @@
-"""Optimiser construction with the reference's weight-decay parameter groups (numerics s.4).
+"""Optimiser construction with the reference's weight-decay parameter groups (docs/numerics.md s.9.1).
 
 Decay group: the ``weight`` of every ``nn.Linear`` / ``nn.Conv1d`` (the project's ``MaskedConv1D``
 wraps an ``nn.Conv1d`` named ``conv``, so ``*.conv.weight`` lands here).

@@ -1,4 +1,4 @@
-"""Per-iteration learning-rate schedules (numerics s.4, seed_behaviour s.5.2), in closed form.
+"""Per-iteration learning-rate schedules (docs/numerics.md s.9.3), in closed form.
 
 All schedules are stepped once per iteration, after ``optimizer.step()``. ``e`` below is the
 scheduler's step count (``last_epoch``), ``base`` a param group's ``initial_lr``,

@@ -1,5 +1,5 @@
 """Every bad input named by the Foundation issue ends a CLI with one line `error: ...` naming the
-file, key or video, exit status 2 and no traceback (SPEC s.7). Each case breaks one thing in a
+file, key or video, exit status 2 and no traceback (docs/differences.md s.5.5). Each case breaks one thing in a
 tiny valid dataset and runs `train.py` on it."""
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ def test_resume_is_bit_identical(demo):
     assert_same_state(a["state_dict"], b["state_dict"])
     assert_same_state(a["state_dict_ema"], b["state_dict_ema"])
     assert a["loss_normalizer"] == b["loss_normalizer"]
-    # the run folder holds what SPEC s.4 lists
+    # the run folder holds what docs/numerics.md s.10.1 lists
     for name in ("config.yaml", "train.log", "logs", "epoch_001.pth.tar"):
         assert (full / name).exists(), name
     assert {"epoch", "state_dict", "state_dict_ema", "optimizer", "scheduler", "loss_normalizer",

@@ -142,7 +142,7 @@ def test_tal_mm(path, families):
 @pytest.mark.parametrize("path,n_keys,n_params", [
     (TSL_TRAIN, 229, 28_846_100), (TAL_UMT, 235, 114_343_495), (TAL_EGO, 237, 118_538_823)])
 def test_converted_configs_build_the_released_architectures(path, n_keys, n_params):
-    """State-dict inventories of the released checkpoints (seed_behaviour.md s.4.4)."""
+    """State-dict inventories of the released checkpoints (docs/numerics.md s.4.11)."""
     from libs.modeling.detector import Detector
     with torch.device("meta"):
         model = Detector.from_config(load_config(path))

@@ -1,4 +1,4 @@
-"""Annotation JSON parsing and validation (SPEC s.2.1)."""
+"""Annotation JSON parsing and validation (docs/numerics.md s.1.1)."""
 import copy
 import json
 

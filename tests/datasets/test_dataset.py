@@ -1,4 +1,4 @@
-"""PerceptionDataset: assembly, grid, crops, checks of every file (SPEC s.2.3-2.4)."""
+"""PerceptionDataset: assembly, grid, crops, checks of every file (docs/numerics.md s.1.3-3.2)."""
 import copy
 import logging
 import os

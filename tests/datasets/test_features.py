@@ -1,4 +1,4 @@
-"""Feature files: .npy / .pt / .h5 reading and cheap checks (SPEC s.2.2)."""
+"""Feature files: .npy / .pt / .h5 reading and cheap checks (docs/numerics.md s.1.2)."""
 import os
 import pickle
 

@@ -1,4 +1,4 @@
-"""External class-score fusion (libs/evaluation/ext_scores.py, numerics s.3.4)."""
+"""External class-score fusion (libs/evaluation/ext_scores.py, docs/numerics.md s.7.5)."""
 from __future__ import annotations
 
 import json

@@ -2,7 +2,7 @@
 
 Original layouts are built from random values under exactly the original key names and shapes:
 our Detector's state dict for the original configs with ``module.`` added, cross-checked against
-a hand-written list of original keys and shapes (seed_behaviour.md s.4.4) so that the test cannot
+a hand-written list of original keys and shapes (docs/numerics.md s.4.11) so that the test cannot
 pass by construction. The golden tiny model (real original-layout weights and detections) runs
 end to end: original checkpoint -> tools/convert_checkpoint.py -> eval.py -> submission.
 """
@@ -36,7 +36,7 @@ _MODEL = {"backbone_arch": [2, 2, 5], "n_mha_win_size": [7, 7, 7, 7, 7, -1], "ne
 _BEATS = {"name": "beats", "path": "b", "dim": 768}
 _UMT = {"name": "umt", "path": "u", "dim": 1024}
 _VMAE = {"name": "videomae", "path": "v", "dim": 1024}
-RAW = {  # the original configs' models (seed_behaviour.md s.4.4 table)
+RAW = {  # the original configs' models (docs/numerics.md s.4.11 table)
     "tsl": {"task": "sound_localisation",
             "dataset": {"annotation_file": "a.json", "num_classes": 12,
                         "modalities": [dict(_BEATS, primary=True), _UMT]},
@@ -58,7 +58,7 @@ INVENTORY = {"tsl": (229, 28_846_100), "tal237": (237, 118_538_823), "tal235": (
 
 
 def _expected_keys(name: str) -> Dict[str, Tuple[int, ...]]:
-    """Hand-written original names and shapes (seed_behaviour.md s.4.4), not derived from our code."""
+    """Hand-written original names and shapes (docs/numerics.md s.4.11), not derived from our code."""
     E, C_in, K = {"tsl": (512, 1792, 12), "tal237": (1024, 3584, 63), "tal235": (1024, 2560, 63)}[name]
     keys = {
         "module.backbone.embd.0.conv.weight": (E, C_in, 3),

@@ -29,7 +29,7 @@ def make_points(seq_len: int, num_levels: int = 6) -> torch.Tensor:
 
 def brute_force(points: torch.Tensor, segs: torch.Tensor, labels: torch.Tensor, num_classes: int,
                 center_sample: str, radius: float):
-    """Per point, per GT loop in float32 scalars, written straight from numerics s.2.3."""
+    """Per point, per GT loop in float32 scalars, written straight from docs/numerics.md s.5."""
     f32 = np.float32
     num_pts = points.shape[0]
     cls = np.zeros((num_pts, num_classes), np.float32)

@@ -1,4 +1,4 @@
-"""Tests of libs/modeling/decode.py, plus a plain reference Gaussian soft-NMS (numerics s.3.2)
+"""Tests of libs/modeling/decode.py, plus a plain reference Gaussian soft-NMS (docs/numerics.md s.7.2)
 used to check that decoded candidates reproduce the golden detections end to end."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ TEST_CFG = dict(pre_nms_thresh=0.001, pre_nms_topk=5000, duration_thresh=0.05)
 
 
 # ----------------------------------------------------------------------------------------------
-# reference soft-NMS (float32 numpy; the C++ loop of numerics s.3.2, swaps reproduced literally)
+# reference soft-NMS (float32 numpy; the C++ loop of docs/numerics.md s.7.2, swaps reproduced literally)
 
 def soft_nms_ref(segs: np.ndarray, scores: np.ndarray, sigma: float, min_score: float):
     """Gaussian soft-NMS of one class. Returns (original indices, dets (n, 3)) in pick order."""
@@ -86,7 +86,7 @@ def grid_to_seconds(segs: torch.Tensor, fps: float, feat_stride: float, num_fram
 
 
 def test_soft_nms_ref_seed_vector():
-    # seed_behaviour s.7 test vector (multiclass Gaussian soft-NMS, sigma 0.4):
+    # docs/numerics.md s.7.2 check vector (multiclass Gaussian soft-NMS, sigma 0.4):
     # [1,11] vs [0,10]: iou 9/11 -> .8*exp(-(9/11)^2/.4) = .1501; [2,9]: iou .7 with [0,10] and
     # with [1,11] -> .5*exp(-.49/.4)^2 = .0431
     segs = torch.tensor([[0, 10], [1, 11], [20, 30], [0, 10], [2, 9]], dtype=torch.float32)
@@ -191,7 +191,7 @@ def _random_outputs(batch: int, lens=(16, 8, 4), num_classes: int = 3, seed: int
 
 
 def _decode_one_by_one_reference(points, logits, offsets, masks, thresh, topk, dur):
-    """Direct transcription of numerics s.3.1 for one video (stable sort)."""
+    """Direct transcription of docs/numerics.md s.7.1 for one video (stable sort)."""
     segs_all, scores_all, labels_all = [], [], []
     for pts, lg, off, m in zip(points, logits, offsets, masks):
         num_classes = lg.shape[-1]

@@ -3,7 +3,7 @@
 // One call runs NMS independently on G groups (a group = one class of one video, or one whole
 // video for class-agnostic NMS). The rows of group g are rows [offsets[g], offsets[g + 1]) of
 // `segs` / `scores`. Algorithms (reference: ActionFormer csrc/nms_cpu.cpp, see
-// shared/reference/actionformer_numerics.md s.3.2), all in float32:
+// docs/numerics.md s.7.2), all in float32:
 //   method 0  hard NMS. Rows of each group must already be sorted by descending score (stable
 //             sort: ties keep their original order). Rows with score <= min_score are dropped
 //             first when min_score > 0; greedy pass; a kept row suppresses every later row with
