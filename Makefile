@@ -36,8 +36,8 @@ demo: venv ext demo-data
 	$(PY) tools/summarize_dataset.py configs/demo_tsl_train.yaml
 	@if [ -d $(DEMO_RUN) ]; then echo "make demo: removing the previous demo run $(DEMO_RUN)"; rm -rf $(DEMO_RUN); fi
 	$(PY) train.py configs/demo_tsl_train.yaml --output demo --device cpu
-	$(PY) eval.py configs/demo_tsl_valid.yaml $(DEMO_RUN) --device cpu --out $(DEMO_RUN)/demo_valid_results.json
-	$(PY) eval.py configs/demo_tsl_test.yaml $(DEMO_RUN) --device cpu --saveonly --out $(DEMO_RUN)/demo_test_submission.json
+	$(PY) eval.py configs/demo_tsl_train.yaml $(DEMO_RUN) --split valid --device cpu --out $(DEMO_RUN)/demo_valid_results.json
+	$(PY) eval.py configs/demo_tsl_train.yaml $(DEMO_RUN) --split test --device cpu --saveonly --out $(DEMO_RUN)/demo_test_submission.json
 	$(PY) tools/score_submission.py $(DEMO)/annotations.json $(DEMO_RUN)/demo_valid_results.json --task sound_localisation --split valid
 
 # docs/config.md: the table of every config key, generated from libs/config/schema.py.

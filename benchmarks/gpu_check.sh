@@ -3,7 +3,7 @@
 # already has torch (CUDA build), ninja and pytest (no internet needed; the project .venv is not
 # used). Run from anywhere:  bash benchmarks/gpu_check.sh
 #   1. builds libs.ops._nms_ext with the CUDA kernel (fails if CUDA was not compiled in),
-#   2. runs tests/test_nms.py with the CUDA cases required (NMS_REQUIRE_CUDA=1),
+#   2. runs tests/ops/test_nms.py with the CUDA cases required (NMS_REQUIRE_CUDA=1),
 #   3. times cpp and torch (CPU) against cuda on a full-split-sized input (12 and 63 classes),
 #   4. prints a short summary table LAST.
 # Exits non-zero if the build or the tests fail. Takes about 2-4 minutes.
@@ -35,7 +35,7 @@ echo "built with CUDA in ${build_s}s"
 
 echo "== tests"
 t0=$SECONDS
-NMS_REQUIRE_CUDA=1 NMS_TEST_NO_BUILD=1 timeout 240 "$PY" -m pytest -q -rs tests/test_nms.py 2>&1 | tee "$LOG/test.log"
+NMS_REQUIRE_CUDA=1 NMS_TEST_NO_BUILD=1 timeout 240 "$PY" -m pytest -q -rs tests/ops/test_nms.py 2>&1 | tee "$LOG/test.log"
 test_rc=${PIPESTATUS[0]}
 test_s=$((SECONDS - t0))
 test_line="$(grep -E '(passed|failed|error)' "$LOG/test.log" | tail -1)"
@@ -55,9 +55,9 @@ E2E="$LOG/e2e"
 OPTS="dataset.annotation_file=$E2E/data/annotations.json dataset.modalities.0.path=$E2E/data/features/beats dataset.modalities.1.path=$E2E/data/features/umt output_folder=$E2E/ckpt model.embd_dim=64 loader.batch_size=4 opt.epochs=2 opt.warmup_epochs=1 train.eval_freq=3"
 "$PY" train.py configs/demo_tsl_train.yaml --output gpu --device cuda --no-progress --opt $OPTS >>"$LOG/e2e.log" 2>&1 \
   || { tail -30 "$LOG/e2e.log"; fail "train.py on cuda"; }
-"$PY" eval.py configs/demo_tsl_valid.yaml "$E2E/ckpt/demo_tsl_train_gpu" --device cuda --no-progress --out "$E2E/cuda.json" --opt $OPTS >>"$LOG/e2e.log" 2>&1 \
+"$PY" eval.py configs/demo_tsl_train.yaml "$E2E/ckpt/demo_tsl_train_gpu" --split valid --device cuda --no-progress --out "$E2E/cuda.json" --opt $OPTS >>"$LOG/e2e.log" 2>&1 \
   || { tail -30 "$LOG/e2e.log"; fail "eval.py on cuda"; }
-"$PY" eval.py configs/demo_tsl_valid.yaml "$E2E/ckpt/demo_tsl_train_gpu" --device cpu --no-progress --out "$E2E/cpu.json" --opt $OPTS test_cfg.nms_backend=cpp >>"$LOG/e2e.log" 2>&1 \
+"$PY" eval.py configs/demo_tsl_train.yaml "$E2E/ckpt/demo_tsl_train_gpu" --split valid --device cpu --no-progress --out "$E2E/cpu.json" --opt $OPTS test_cfg.nms.backend=cpp >>"$LOG/e2e.log" 2>&1 \
   || { tail -30 "$LOG/e2e.log"; fail "eval.py on cpu"; }
 e2e_line="$("$PY" - "$E2E/cuda_metrics.json" "$E2E/cpu_metrics.json" <<'PYEOF'
 import json, sys

@@ -25,6 +25,7 @@ have it):
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -127,50 +128,67 @@ def fuse_pool(runs: Runs, settings: NmsConfig,
 
 # ----------------------------------------------------------------------------------------- WBF
 
-def _wbf_groups(sizes: np.ndarray, starts: np.ndarray, s: np.ndarray, e: np.ndarray,
-                ws: np.ndarray, model: np.ndarray, iou_thr: float, one_per_model: bool
-                ) -> Dict[str, np.ndarray]:
-    """Cluster groups (sizes descending; rows of group g at ``starts[g] + r``, descending ws).
+@dataclass
+class _Clusters:
+    """The clusters of a batch of (video, class) groups: arrays (G groups, C cluster slots)."""
+    start: np.ndarray           # fused start (weighted mean of its members' starts), seconds
+    end: np.ndarray             # fused end, seconds
+    weight: np.ndarray          # sum of the members' weighted scores
+    weighted_start: np.ndarray  # sum of weighted score x start
+    weighted_end: np.ndarray    # sum of weighted score x end
+    max_weight: np.ndarray      # largest member weighted score
+    members: np.ndarray         # number of member segments (int)
+    runs: np.ndarray            # bit mask of the runs that contributed a member (int)
+    count: np.ndarray           # (G,) clusters in use per group
 
-    Round ``r`` adds the r-th segment of every group at once (vectorised over groups and their
-    clusters), which is the same as one sequential loop per group. Returns per-cluster arrays
-    (G, C) and ``ncl`` (G,).
+    @classmethod
+    def empty(cls, groups: int, slots: int) -> "_Clusters":
+        f, i = (lambda: np.zeros((groups, slots))), (lambda: np.zeros((groups, slots), np.int64))
+        return cls(f(), f(), f(), f(), f(), f(), i(), i(), np.zeros(groups, np.int64))
+
+
+def _cluster_groups(sizes: np.ndarray, first_row: np.ndarray, seg_start: np.ndarray,
+                    seg_end: np.ndarray, seg_weight: np.ndarray, seg_run: np.ndarray,
+                    iou_thr: float, one_per_model: bool) -> _Clusters:
+    """WBF clustering of several (video, class) groups at once.
+
+    Group ``g`` holds ``sizes[g]`` segments (``sizes`` descending) at rows ``first_row[g] + k`` of
+    the ``seg_*`` columns, in descending weighted score. Round ``k`` adds the k-th segment of every
+    group that has one, vectorised over groups and their clusters: the same result as one
+    sequential loop per group. A segment joins the first cluster (creation order) whose fused
+    segment it overlaps with tIoU >= ``iou_thr`` (and, with ``one_per_model``, that has no member
+    from its run yet), else it opens a new cluster.
     """
-    g_n, c_n = len(sizes), int(sizes[0])
-    z = lambda dt=np.float64: np.zeros((g_n, c_n), dtype=dt)  # noqa: E731
-    acc = {"fs": z(), "fe": z(), "sw": z(), "ss": z(), "se": z(), "mx": z(), "cnt": z(np.int64),
-           "bits": z(np.int64)}
-    ncl = np.zeros(g_n, dtype=np.int64)
-    neg_sizes = -sizes
-    for r in range(c_n):
-        a = int(np.searchsorted(neg_sizes, -r, side="left"))     # groups with size > r
-        idx = starts[:a] + r
-        si, ei, wi, bit = s[idx], e[idx], ws[idx], np.left_shift(1, model[idx])
-        nc = ncl[:a]
-        cmax = int(nc.max()) if a else 0
-        col = nc.copy()
-        if cmax:
-            cs, ce = acc["fs"][:a, :cmax], acc["fe"][:a, :cmax]
-            inter = np.clip(np.minimum(ce, ei[:, None]) - np.maximum(cs, si[:, None]), 0.0, None)
-            union = (ce - cs) + (ei - si)[:, None] - inter
-            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-            ok = (iou >= iou_thr) & (np.arange(cmax)[None, :] < nc[:, None])
+    cl = _Clusters.empty(len(sizes), int(sizes[0]))
+    for k in range(int(sizes[0])):
+        n_active = int(np.searchsorted(-sizes, -k, side="left"))   # groups with more than k rows
+        rows = first_row[:n_active] + k
+        start, end, weight = seg_start[rows], seg_end[rows], seg_weight[rows]
+        run_bit = np.left_shift(1, seg_run[rows])
+        in_use = cl.count[:n_active]
+        target = in_use.copy()                                      # default: a new cluster
+        slots = int(in_use.max()) if n_active else 0
+        if slots:
+            c_start, c_end = cl.start[:n_active, :slots], cl.end[:n_active, :slots]
+            inter = np.clip(np.minimum(c_end, end[:, None]) - np.maximum(c_start, start[:, None]),
+                            0.0, None)
+            union = (c_end - c_start) + (end - start)[:, None] - inter
+            tiou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+            joinable = (tiou >= iou_thr) & (np.arange(slots)[None, :] < in_use[:, None])
             if one_per_model:
-                ok &= (acc["bits"][:a, :cmax] & bit[:, None]) == 0
-            has = ok.any(axis=1)
-            col = np.where(has, ok.argmax(axis=1), nc)
-        rows = np.arange(a)
-        ncl[:a] += col == nc
-        acc["sw"][rows, col] += wi
-        acc["ss"][rows, col] += wi * si
-        acc["se"][rows, col] += wi * ei
-        acc["cnt"][rows, col] += 1
-        acc["bits"][rows, col] |= bit
-        acc["mx"][rows, col] = np.maximum(acc["mx"][rows, col], wi)
-        acc["fs"][rows, col] = acc["ss"][rows, col] / acc["sw"][rows, col]
-        acc["fe"][rows, col] = acc["se"][rows, col] / acc["sw"][rows, col]
-    acc["ncl"] = ncl
-    return acc
+                joinable &= (cl.runs[:n_active, :slots] & run_bit[:, None]) == 0
+            target = np.where(joinable.any(axis=1), joinable.argmax(axis=1), in_use)
+        g = np.arange(n_active)
+        cl.count[:n_active] += target == in_use
+        cl.weight[g, target] += weight
+        cl.weighted_start[g, target] += weight * start
+        cl.weighted_end[g, target] += weight * end
+        cl.members[g, target] += 1
+        cl.runs[g, target] |= run_bit
+        cl.max_weight[g, target] = np.maximum(cl.max_weight[g, target], weight)
+        cl.start[g, target] = cl.weighted_start[g, target] / cl.weight[g, target]
+        cl.end[g, target] = cl.weighted_end[g, target] / cl.weight[g, target]
+    return cl
 
 
 def weighted_segment_fusion(runs: Runs, weights: Optional[Sequence[float]] = None,
@@ -189,56 +207,58 @@ def weighted_segment_fusion(runs: Runs, weights: Optional[Sequence[float]] = Non
         raise UserError(f"bad WBF IoU threshold ({iou_thr}): expected a value in (0, 1]")
     if len(runs) > 62:
         raise UserError(f"too many runs to fuse ({len(runs)}): expected at most 62")
-    w = check_weights(weights, len(runs))
+    run_weight = check_weights(weights, len(runs))
     vids = union_video_ids(runs)
-    code = {v: i for i, v in enumerate(vids)}
-    present = np.zeros((len(vids), len(runs)), dtype=bool)
-    parts = []                                  # rows: video, run, start, end, score, label
+    video_index = {v: i for i, v in enumerate(vids)}
+    present = np.zeros((len(vids), len(runs)), dtype=bool)      # (V, M) video has a run's output
+    parts = []                                                   # rows: video, run, start, end, score, label
     for m, run in enumerate(runs):
         for vid, c in run.items():
-            present[code[vid], m] = True
+            present[video_index[vid], m] = True
             segs = np.asarray(c["segments"], np.float64).reshape(-1, 2)
-            parts.append(np.column_stack([np.full(len(segs), code[vid]), np.full(len(segs), m),
+            parts.append(np.column_stack([np.full(len(segs), video_index[vid]), np.full(len(segs), m),
                                           segs, np.asarray(c["scores"], np.float64).reshape(-1),
                                           np.asarray(c["labels"]).reshape(-1)]))
     flat = np.concatenate(parts) if parts else np.zeros((0, 6))
-    v_c, m_c, lab = flat[:, 0].astype(np.int64), flat[:, 1].astype(np.int64), flat[:, 5].astype(np.int64)
-    ws = flat[:, 4] * w[m_c]
-    n_cls = int(lab.max()) + 1 if len(lab) else 1
-    group = v_c * n_cls + lab
-    order = np.nonzero((flat[:, 4] >= skip_thr) & (ws > 0))[0]
-    order = order[np.lexsort((-ws[order], group[order]))]        # by group, then ws desc; stable
-    g_codes, g_start, g_size = np.unique(group[order], return_index=True, return_counts=True)
-    by_size = np.argsort(-g_size, kind="stable")
-    g_codes, g_start, g_size = g_codes[by_size], g_start[by_size], g_size[by_size]
-    w_video, m_video = present @ w, present.sum(axis=1)          # (V,) weights / runs present
-    wmax_video = (present * w[None, :]).max(axis=1, initial=0.0)
-    s_o, e_o, ws_o, m_o = flat[order, 2], flat[order, 3], ws[order], m_c[order]
-    out = []                                                     # (group, start, end, score)
+    seg_video, seg_run = flat[:, 0].astype(np.int64), flat[:, 1].astype(np.int64)
+    seg_label = flat[:, 5].astype(np.int64)
+    seg_weight = flat[:, 4] * run_weight[seg_run]                # weighted score
+    n_cls = int(seg_label.max()) + 1 if len(seg_label) else 1
+    seg_group = seg_video * n_cls + seg_label                    # one group per (video, class)
+    kept = np.nonzero((flat[:, 4] >= skip_thr) & (seg_weight > 0))[0]
+    kept = kept[np.lexsort((-seg_weight[kept], seg_group[kept]))]  # by group, weight desc; stable
+    group_id, group_first, group_size = np.unique(seg_group[kept], return_index=True,
+                                                  return_counts=True)
+    by_size = np.argsort(-group_size, kind="stable")
+    group_id, group_first, group_size = group_id[by_size], group_first[by_size], group_size[by_size]
+    video_weight, video_runs = present @ run_weight, present.sum(axis=1)   # (V,)
+    video_max_weight = (present * run_weight[None, :]).max(axis=1, initial=0.0)
+    columns = (flat[kept, 2], flat[kept, 3], seg_weight[kept], seg_run[kept])
+    fused = []                                                   # rows: group, start, end, score
     i = 0
-    while i < len(g_size):
-        sl = slice(i, i + max(1, _WBF_CELLS // int(g_size[i])))
-        acc = _wbf_groups(g_size[sl], g_start[sl], s_o, e_o, ws_o, m_o, iou_thr, one_per_model)
-        gi, ci = np.nonzero(np.arange(acc["fs"].shape[1])[None, :] < acc["ncl"][:, None])
-        vg = g_codes[sl][gi] // n_cls
-        cnt = acc["cnt"][gi, ci]
-        score = (acc["sw"][gi, ci] * np.minimum(cnt, m_video[vg]) / (cnt * w_video[vg])
-                 if conf_type == "avg" else acc["mx"][gi, ci] / wmax_video[vg])
-        out.append(np.column_stack([g_codes[sl][gi], acc["fs"][gi, ci], acc["fe"][gi, ci], score]))
-        i = sl.stop
-    res = np.concatenate(out) if out else np.zeros((0, 4))
-    fv, flab = res[:, 0].astype(np.int64) // n_cls, res[:, 0].astype(np.int64) % n_cls
-    final = np.lexsort((-res[:, 3], fv))                         # per video, score desc
-    bounds = np.searchsorted(fv[final], np.arange(len(vids) + 1))
+    while i < len(group_size):                                   # batches of groups, bounded memory
+        batch = slice(i, i + max(1, _WBF_CELLS // int(group_size[i])))
+        cl = _cluster_groups(group_size[batch], group_first[batch], *columns, iou_thr, one_per_model)
+        g, c = np.nonzero(np.arange(cl.start.shape[1])[None, :] < cl.count[:, None])
+        video = group_id[batch][g] // n_cls
+        members = cl.members[g, c]
+        score = (cl.weight[g, c] * np.minimum(members, video_runs[video]) / (members * video_weight[video])
+                 if conf_type == "avg" else cl.max_weight[g, c] / video_max_weight[video])
+        fused.append(np.column_stack([group_id[batch][g], cl.start[g, c], cl.end[g, c], score]))
+        i = batch.stop
+    res = np.concatenate(fused) if fused else np.zeros((0, 4))
+    res_video, res_label = res[:, 0].astype(np.int64) // n_cls, res[:, 0].astype(np.int64) % n_cls
+    final = np.lexsort((-res[:, 3], res_video))                   # per video, score desc
+    bounds = np.searchsorted(res_video[final], np.arange(len(vids) + 1))
     result: Dict[str, Cands] = {}
     for j, vid in enumerate(vids):
         dur = _duration(runs, vid)
         rows = final[bounds[j]:bounds[j + 1]][:max_seg_num if max_seg_num > 0 else None]
         result[vid] = {"segments": np.clip(res[rows, 1:3], 0.0, dur).astype(np.float32),
-                       "scores": res[rows, 3].astype(np.float32), "labels": flab[rows],
+                       "scores": res[rows, 3].astype(np.float32), "labels": res_label[rows],
                        "duration": dur}
     logger.info("WBF: %d runs, %d videos, %d segments in, %d fused", len(runs), len(vids),
-                len(order), len(res))
+                len(kept), len(res))
     return result
 
 
