@@ -23,12 +23,15 @@ from libs.common.checkpoints import find_checkpoint, load_checkpoint
 from libs.common.distributed import add_device_arg, resolve_device
 from libs.common.errors import UserError, run_cli
 from libs.common.logs import setup_logging
+from libs.common.threads import add_threads_arg, apply_threads
 from libs.common.seed import fix_random_seed
 from libs.config import add_config_args, load_config
 from libs.config.compare import with_architecture_of
 from libs.datasets import PerceptionDataset
 from libs.evaluation.ext_scores import apply_ext_scores, check_ext_coverage, load_ext_scores
 from libs.evaluation.predict import nms_settings_summary, predict_dataset, score_detections
+from libs.evaluation.report import write_report
+from libs.evaluation.report.output import check_report_dir
 from libs.evaluation.raw_candidates import prepare_raw_dir, raw_candidate_hook, write_raw_meta
 from libs.evaluation.submission import detections_to_submission, write_json
 from libs.interop.original_checkpoint import convert_original_checkpoint, is_original_checkpoint
@@ -50,10 +53,14 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p.add_argument("--saveonly", action="store_true", help="write the submission only (no labels needed)")
     p.add_argument("--out", default=None, help="submission file (default: next to the checkpoint)")
     add_device_arg(p)
+    add_threads_arg(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.add_argument("--save-raw", default=None, metavar="DIR",
                    help="also store per-video pre-NMS candidates (seconds) for tools/fuse_results.py")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also write the evaluation report (figures, report.json, index.html) to DIR "
+                        "(docs/report.md)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     add_config_args(p)
     return p.parse_args(argv)
@@ -68,6 +75,7 @@ def main(argv: Optional[list] = None) -> int:
             raise UserError(f"-t/--topk ({args.topk}): expected a positive number of detections")
         opts.append(f"test_cfg.nms.max_seg_num={args.topk}")
     cfg = load_config(args.config, opts)
+    apply_threads(args.threads, cfg.loader.num_workers)
     device_name = resolve_device(args.device)
     device = torch.device(device_name)
     fix_random_seed(cfg.seed)
@@ -90,6 +98,11 @@ def main(argv: Optional[list] = None) -> int:
     if existing and not args.overwrite:
         raise UserError(f"result file exists ({existing[0]}): pass --overwrite to replace it or --out "
                         f"to write elsewhere")
+    if args.report:
+        if args.saveonly:
+            raise UserError("--report with --saveonly (command line): a report needs ground truth; "
+                            "drop one of them")
+        check_report_dir(args.report, args.overwrite)   # before predicting: fail fast
 
     # ---------------------------------------------------------------- model and data
     if is_original_checkpoint(ckpt):   # no config inside: the given config describes the model
@@ -145,6 +158,11 @@ def main(argv: Optional[list] = None) -> int:
                    "weights": "raw" if args.no_ema else "ema", "task": cfg.task})
     write_json(report, metrics_path, overwrite=args.overwrite)
     log.info("metrics: %s", metrics_path)
+    if args.report:
+        write_report(args.report, dataset.videos, detections, dataset.label_names, cfg.task,
+                     overwrite=args.overwrite, meta={"checkpoint": str(ckpt_path), "epoch": epoch,
+                                                     "split": "+".join(splits)})
+        log.info("report: %s", Path(args.report) / "index.html")
     return 0
 
 

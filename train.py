@@ -20,10 +20,11 @@ from libs.common.checkpoints import load_checkpoint, save_checkpoint
 from libs.common.distributed import add_device_arg, cleanup, init_distributed, resolve_device
 from libs.common.errors import UserError, run_cli
 from libs.common.logs import setup_logging
+from libs.common.threads import add_threads_arg, apply_threads
 from libs.common.seed import fix_random_seed
 from libs.config import add_config_args, dump_config, load_config
 from libs.datasets import PerceptionDataset, make_loader, set_loader_epoch
-from libs.evaluation.predict import evaluate_model
+from libs.evaluation.predict import predict_dataset, score_detections
 from libs.modeling import Detector
 from libs.modeling.detector import count_parameters
 from libs.modeling.losses import LossNormalizer
@@ -33,7 +34,7 @@ from libs.training.loop import train_one_epoch
 from libs.training.optim import make_optimizer
 from libs.training.run_dir import experiment_dir, prepare_experiment_dir
 from libs.training.scheduler import make_scheduler, num_epochs
-from libs.training.tensorboard import TensorboardWriter
+from libs.training.tensorboard import TensorboardWriter, log_validation
 
 log = logging.getLogger("train")
 
@@ -44,6 +45,7 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="experiment name suffix (default: a timestamp)")
     p.add_argument("--resume", default=None, help="checkpoint to continue from (epoch_NNN.pth.tar)")
     add_device_arg(p)
+    add_threads_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs only)")
     add_config_args(p)
     return p.parse_args(argv)
@@ -53,6 +55,7 @@ def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     setup_logging(None, rank=int(os.environ.get("RANK", "0")))  # console only until the run folder exists
     cfg = load_config(args.config, args.opt or [])
+    apply_threads(args.threads, cfg.loader.num_workers)
     device_name = resolve_device(args.device)
     dist = init_distributed(device_name)
     device = dist.device
@@ -125,14 +128,16 @@ def main(argv: Optional[list] = None) -> int:
         is_eval = val_set is not None and (state.epoch % cfg.train.eval_freq == 0 or last)
         avg_map = None
         if is_eval and dist.rank == 0:
-            metrics = evaluate_model(run.ema.module, val_set, cfg, device)
+            detections = predict_dataset(run.ema.module, val_set, cfg, device, show_progress=False)
+            metrics = score_detections(detections, val_set)
             avg_map = metrics.average_map
             log.info("epoch %d validation (EMA weights): average mAP %.2f%% | %s", state.epoch,
                      100 * avg_map, " ".join(f"{t:.1f}:{100 * m:.2f}" for t, m in
                                              zip(metrics.tiou_thresholds, metrics.map_per_tiou)))
-            writer.add_scalar("validation/average_mAP", avg_map, state.epoch)
-            for t, m in zip(metrics.tiou_thresholds, metrics.map_per_tiou):
-                writer.add_scalar(f"validation/mAP@{t:.1f}", m, state.epoch)
+            # the same video every epoch: the first of the split that has events
+            shown = next((i for i, v in enumerate(val_set.videos) if v.num_events), 0)
+            log_validation(writer, metrics, val_set.label_names, state.epoch,
+                           (val_set.videos[shown], detections[shown]))
         periodic = state.epoch % cfg.train.ckpt_freq == 0 or last
         is_best = avg_map is not None and avg_map > state.best_map
         if dist.rank == 0 and (periodic or is_best):

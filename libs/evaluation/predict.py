@@ -95,9 +95,3 @@ def score_detections(detections: List[dict], dataset: PerceptionDataset) -> Metr
     """mAP of ``detections`` against the dataset's ground truth."""
     gt = ground_truth_from_records(dataset.videos)
     return evaluate_map(gt, predictions_from_detections(detections))
-
-
-def evaluate_model(model: nn.Module, dataset: PerceptionDataset, cfg: Config,
-                   device: torch.device) -> MetricResult:
-    """Validation during training: predict the split and return its metrics."""
-    return score_detections(predict_dataset(model, dataset, cfg, device, show_progress=False), dataset)

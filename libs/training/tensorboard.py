@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,33 @@ class TensorboardWriter:
         if self._writer is not None:
             self._writer.add_scalar(tag, float(value), step)
 
+    def add_image(self, tag: str, image: Any, step: int) -> None:
+        """``image``: (H, W, 3) uint8 RGB."""
+        if self._writer is not None:
+            self._writer.add_image(tag, image, step, dataformats="HWC")
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def log_validation(writer: TensorboardWriter, metrics: Any, label_names: Mapping[int, str],
+                   epoch: int, timeline: Optional[Tuple[Any, Mapping[str, Any]]] = None) -> None:
+    """Validation of one epoch: average mAP, mAP per tIoU, average AP per class (named) and, with
+    ``timeline = (video record, its detections)``, that video's timeline figure."""
+    if not writer.enabled:
+        return
+    writer.add_scalar("validation/average_mAP", metrics.average_map, epoch)
+    for t, m in zip(metrics.tiou_thresholds, metrics.map_per_tiou):
+        writer.add_scalar(f"validation/mAP@{t:.1f}", m, epoch)
+    for j, cid in enumerate(metrics.class_ids):
+        name = label_names.get(int(cid), str(int(cid)))
+        writer.add_scalar(f"validation_class_AP/{int(cid):02d} {name}", metrics.ap[:, j].mean(), epoch)
+    if timeline is not None:
+        from libs.evaluation.report import figure_to_array, timeline_figure   # matplotlib: lazy
+        import matplotlib.pyplot as plt
+        video, dets = timeline
+        fig = timeline_figure(video, dets, label_names, title=f"{video.video_id}, epoch {epoch}")
+        writer.add_image("validation/timeline", figure_to_array(fig), epoch)
+        plt.close(fig)

@@ -110,6 +110,19 @@ def test_validation_during_training_keeps_best(demo):
     assert "validation (EMA weights): average mAP" in log_text
     best = load(exp / "best.pth.tar")
     assert 0.0 <= best["best_map"] <= 1.0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(exp / "logs"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    assert "validation/timeline" in tags["images"]
+    assert {"validation/average_mAP", "validation/mAP@0.5"} <= set(tags["scalars"])
+    per_class = [t for t in tags["scalars"] if t.startswith("validation_class_AP/")]
+    ann = json.loads((demo["data"] / "annotations.json").read_text())
+    present = {e["label_id"] for v in ann.values() if v["metadata"]["split"] == "valid"
+               for e in v["sound_localisation"]}
+    assert sorted(per_class) == sorted(f"validation_class_AP/{c:02d} {best['label_map'][c]}"
+                                       for c in present)
+    image = events.Images("validation/timeline")[-1]
+    assert image.width > 300 and image.height > 100
 
 
 def test_eval_writes_submission_and_metrics_and_refuses_overwrite(demo, capsys):
@@ -135,6 +148,29 @@ def test_eval_writes_submission_and_metrics_and_refuses_overwrite(demo, capsys):
         eval_cli.main([cfg, str(exp), "-epoch", "1", *base])
     assert results.read_bytes() == before
     assert eval_cli.main([cfg, str(exp), "-epoch", "1", "--overwrite", *base]) == 0
+
+
+def test_eval_report_and_the_training_yaml_with_split(demo, tmp_path, capsys):
+    """eval.py with the training YAML and --split valid equals the valid twin; --report writes
+    the HTML report whose average mAP is the printed one."""
+    exp = run_train(demo, "report")
+    base = ["-epoch", "1", "--device", "cpu", "--no-progress"]
+    twin, train_yaml = str(ROOT / "configs/demo_tsl_valid.yaml"), str(ROOT / "configs/demo_tsl_train.yaml")
+    assert eval_cli.main([twin, str(exp), *base, "--out", str(tmp_path / "a.json"), "--opt",
+                          *tiny_opts(demo)]) == 0
+    report = tmp_path / "report"
+    assert eval_cli.main([train_yaml, str(exp), "--split", "valid", *base, "--out",
+                          str(tmp_path / "b.json"), "--report", str(report), "--opt",
+                          *tiny_opts(demo)]) == 0
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    rep = json.loads((report / "report.json").read_text())
+    metrics = json.loads((tmp_path / "b_metrics.json").read_text())
+    assert rep["average_map"] == pytest.approx(metrics["average_map"], abs=1e-12)
+    assert (report / "index.html").exists() and list((report / "img").glob("*.png"))
+    with pytest.raises(UserError, match="report"):      # refused before predicting
+        eval_cli.main([train_yaml, str(exp), "--split", "valid", *base, "--out",
+                       str(tmp_path / "c.json"), "--report", str(report), "--opt", *tiny_opts(demo)])
+    assert not (tmp_path / "c.json").exists()
 
 
 def predictions_per_batch_size(demo, tmp_path, exp, sizes, **opts) -> list:
