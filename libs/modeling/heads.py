@@ -45,9 +45,8 @@ class ClsHead(_HeadTrunk):
     """Class logits (no background class). The output bias is the prior logit of
     ``prior_prob``; classes in ``empty_cls`` get the prior of 1e-6."""
 
-    def __init__(self, input_dim: int, feat_dim: int, num_classes: int, *, prior_prob: float = 0.01,
-                 num_layers: int = 3, kernel_size: int = 3, with_ln: bool = True,
-                 empty_cls: Sequence[int] = ()) -> None:
+    def __init__(self, input_dim: int, feat_dim: int, num_classes: int, *, prior_prob: float,
+                 num_layers: int, kernel_size: int, with_ln: bool, empty_cls: Sequence[int]) -> None:
         super().__init__(input_dim, feat_dim, num_layers, kernel_size, with_ln)
         self.cls_head = MaskedConv1D(feat_dim, num_classes, kernel_size, bias=True)
         if prior_prob > 0:
@@ -64,8 +63,8 @@ class ClsHead(_HeadTrunk):
 class RegHead(_HeadTrunk):
     """Left/right distances in units of the level stride: ``ReLU(Scale_l * conv(x))``."""
 
-    def __init__(self, input_dim: int, feat_dim: int, num_levels: int, *, num_layers: int = 3,
-                 kernel_size: int = 3, with_ln: bool = True) -> None:
+    def __init__(self, input_dim: int, feat_dim: int, num_levels: int, *, num_layers: int,
+                 kernel_size: int, with_ln: bool) -> None:
         super().__init__(input_dim, feat_dim, num_layers, kernel_size, with_ln)
         self.scale = nn.ModuleList(Scale() for _ in range(num_levels))
         self.offset_head = MaskedConv1D(feat_dim, 2, kernel_size, bias=True)

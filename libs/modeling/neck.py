@@ -33,12 +33,11 @@ class IdentityNeck(nn.Module):
     Padded positions are not re-masked after the LN, so they hold the LN bias (docs/numerics.md s.4.9).
     """
 
-    def __init__(self, *, in_channels: Sequence[int], out_channels: int, scale_factor: int = 2,
-                 start_level: int = 0, with_ln: bool = True) -> None:
+    def __init__(self, *, in_channels: Sequence[int], out_channels: int, scale_factor: int,
+                 start_level: int, with_ln: bool) -> None:
         super().__init__()
-        if any(c != out_channels for c in in_channels[start_level:]):
-            raise ValueError(f"identity neck keeps the width: got levels of {list(in_channels)} channels "
-                             f"for fpn_dim {out_channels}")
+        assert all(c == out_channels for c in in_channels[start_level:]), \
+            "the identity neck keeps the width (model.fpn_dim is checked at config load)"
         self.start_level = start_level
         self.out_channels = out_channels
         self.fpn_norms = nn.ModuleList(maybe_norm(out_channels, with_ln)
@@ -55,8 +54,8 @@ class IdentityNeck(nn.Module):
 class FPN1D(nn.Module):
     """Feature pyramid: 1x1 laterals, top-down nearest upsampling, depthwise k3 conv, LN."""
 
-    def __init__(self, *, in_channels: Sequence[int], out_channels: int, scale_factor: int = 2,
-                 start_level: int = 0, with_ln: bool = True) -> None:
+    def __init__(self, *, in_channels: Sequence[int], out_channels: int, scale_factor: int,
+                 start_level: int, with_ln: bool) -> None:
         super().__init__()
         self.start_level = start_level
         self.scale_factor = scale_factor

@@ -15,7 +15,7 @@ class PointGenerator(nn.Module):
     """
 
     def __init__(self, max_seq_len: int, strides: Sequence[int], regression_range: Sequence[Sequence[float]],
-                 max_buffer_len_factor: float = 1.0) -> None:
+                 max_buffer_len_factor: float) -> None:
         super().__init__()
         assert len(strides) == len(regression_range)
         self.max_buffer_len = max_seq_len * max_buffer_len_factor
