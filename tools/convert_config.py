@@ -20,7 +20,8 @@ from typing import List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.config import original as compat  # noqa: E402
-from libs.config.loader import add_config_args, config_to_yaml, read_yaml, resolve_config  # noqa: E402
+from libs.config.loader import (add_config_args, config_to_yaml, read_yaml_file,  # noqa: E402
+                                resolve_config)
 from libs.common.errors import UserError, run_cli  # noqa: E402
 from libs.common.io import atomic_write_text  # noqa: E402
 
@@ -39,14 +40,7 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def read_original(path: str) -> dict:
     """Parse ``path`` as YAML (duplicate keys refused) and check it is in the original layout."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found ({path}): expected an existing YAML file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read config file ({path}): {err}") from None
-    raw = read_yaml(text, path)
+    raw = read_yaml_file(path)
     if not compat.is_original_config(raw):
         raise UserError(f"not an original-project config ({path}): expected the original layout "
                         f"(dataset_name, dataset.json_file, ...); configs in this toolkit's layout "

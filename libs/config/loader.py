@@ -37,7 +37,18 @@ logger = logging.getLogger(__name__)
 def load_config(path: str | Path, opts: Sequence[str] = ()) -> Config:
     """Read the YAML config at ``path``, apply ``opts`` (``key.sub=value``) and resolve it."""
     source = str(path)
-    p = Path(path)
+    raw = read_yaml_file(path)
+    from libs.config import original  # the original project's layout comes in through one converter
+    if isinstance(raw, dict) and original.is_original_config(raw):
+        raw, notes = original.convert_original_config(raw, source)
+        logger.info("%s is an original-project config; mapped to this schema:\n  %s", source,
+                    "\n  ".join(notes))
+    return resolve_config(raw, source, opts)
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """The parsed YAML file at ``path`` (a missing, unreadable or invalid file is a UserError)."""
+    source, p = str(path), Path(path)
     if p.is_dir():
         raise UserError(f"config path is a directory ({source}): expected a YAML file")
     if not p.is_file():
@@ -46,13 +57,7 @@ def load_config(path: str | Path, opts: Sequence[str] = ()) -> Config:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read config file ({source}): {err}") from None
-    raw = read_yaml(text, source)
-    from libs.config import original  # the original project's layout comes in through one converter
-    if isinstance(raw, dict) and original.is_original_config(raw):
-        raw, notes = original.convert_original_config(raw, source)
-        logger.info("%s is an original-project config; mapped to this schema:\n  %s", source,
-                    "\n  ".join(notes))
-    return resolve_config(raw, source, opts)
+    return read_yaml(text, source)
 
 
 def read_yaml(text: str, source: str) -> Any:

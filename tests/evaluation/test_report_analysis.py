@@ -10,17 +10,7 @@ from libs.evaluation.events import GroundTruth, Predictions
 from libs.evaluation.report.analysis import (EVENTS_PER_VIDEO_BINS, LENGTH_BINS_S, _bin_of,
                                              choose_videos, evaluation_thresholds, headline,
                                              per_video_ap, pr_curves, sensitivity)
-
-
-def gt_of(rows):
-    v, s, e, l = zip(*rows)
-    return GroundTruth(np.array(v, dtype=str), np.array(s, float), np.array(e, float), np.array(l, int))
-
-
-def pred_of(rows):
-    v, s, e, l, c = zip(*rows)
-    return Predictions(np.array(v, dtype=str), np.array(s, float), np.array(e, float),
-                       np.array(l, int), np.array(c, float))
+from report_helpers import gt_of, pred_of
 
 
 def random_case(seed, n_videos=6, n_classes=3):

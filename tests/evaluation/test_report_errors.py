@@ -6,23 +6,13 @@ import numpy as np
 import pytest
 
 from libs.evaluation.metrics import evaluate_map
-from libs.evaluation.events import GroundTruth, Predictions
+from libs.evaluation.events import Predictions
 from libs.evaluation.report.errors import (ERROR_TYPES, NOT_COUNTED, TRUE_POSITIVE, analyse_errors,
                                            outcomes_from_matches, window_mask)
+from report_helpers import gt_of, pred_of
 
 DD, WL, LOC, CONF, BG = range(5)
 THRS = (0.1, 0.2, 0.3, 0.4, 0.5)
-
-
-def gt_of(rows):
-    v, s, e, l = zip(*rows)
-    return GroundTruth(np.array(v, dtype=str), np.array(s, float), np.array(e, float), np.array(l, int))
-
-
-def pred_of(rows):
-    v, s, e, l, c = zip(*rows)
-    return Predictions(np.array(v, dtype=str), np.array(s, float), np.array(e, float),
-                       np.array(l, int), np.array(c, float))
 
 
 # Events: E0 class 0 [0, 10], E1 class 1 [20, 30], E2 class 0 [40, 50] (video a); video b has none.
