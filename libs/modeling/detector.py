@@ -9,6 +9,7 @@ config load (``libs/config/checks.py: input_groups``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -18,6 +19,7 @@ import torch.nn as nn
 from libs.common.checkpoints import load_checkpoint
 from libs.common.errors import UserError
 from libs.config import Config, resolve_config
+from libs.config.upgrade import upgrade_stored_config
 
 from .backbone import build_backbone
 from .heads import ClsHead, RegHead
@@ -129,7 +131,11 @@ def checkpoint_config(ckpt: Mapping[str, Any], path: Union[str, Path]) -> Config
     if not isinstance(ckpt.get("config"), dict):
         raise UserError(f"checkpoint carries no config ({path}): expected a checkpoint written by "
                         f"train.py or converted with tools/convert_checkpoint.py")
-    return resolve_config(ckpt["config"], f"{path}, stored config")
+    raw, notes = upgrade_stored_config(ckpt["config"])
+    if notes:
+        logging.getLogger(__name__).info("%s: stored config of an earlier version upgraded: %s",
+                                         path, ", ".join(notes))
+    return resolve_config(raw, f"{path}, stored config")
 
 
 def load_weights(model: nn.Module, ckpt: Mapping[str, Any], path: Union[str, Path],
