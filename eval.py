@@ -1,7 +1,11 @@
 """Predict a split with a trained detector, write the challenge submission and score it.
 
     python eval.py CONFIG CKPT [--split S] [-epoch N] [-t K] [--saveonly] [--out FILE]
-                   [--device cpu|cuda] [--no-ema] [--overwrite] [--opt KEY=VALUE ...]
+                   [--device cpu|cuda] [--amp none|bf16|fp16] [--no-ema] [--overwrite]
+                   [--opt KEY=VALUE ...]
+
+Several GPUs: ``torchrun --nproc_per_node N eval.py ...`` splits the videos across the processes
+and rank 0 alone writes the (identical) outputs (README: scaling).
 
 CKPT is a checkpoint file or an experiment folder (``-epoch N`` picks ``epoch_NNN.pth.tar``, else
 the latest). The model's architecture comes from the checkpoint; CONFIG supplies the data, the
@@ -14,14 +18,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from libs.common.checkpoints import find_checkpoint, load_checkpoint
-from libs.common.distributed import add_device_arg, resolve_device
+from libs.common.distributed import (add_device_arg, barrier, check_amp, cleanup, init_distributed,
+                                     resolve_device)
 from libs.common.errors import UserError, run_cli
+from libs.common.io import check_output_file, check_output_folder
 from libs.common.logs import setup_logging
 from libs.common.threads import add_threads_arg, apply_threads
 from libs.common.seed import fix_random_seed
@@ -37,6 +42,7 @@ from libs.evaluation.submission import detections_to_submission, write_json
 from libs.interop.original_checkpoint import convert_original_checkpoint, is_original_checkpoint
 from libs.modeling import Detector
 from libs.modeling.detector import checkpoint_config, count_parameters, load_weights
+from libs.training.ema import warn_if_ema_immature
 
 log = logging.getLogger("eval")
 
@@ -53,6 +59,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p.add_argument("--saveonly", action="store_true", help="write the submission only (no labels needed)")
     p.add_argument("--out", default=None, help="submission file (default: next to the checkpoint)")
     add_device_arg(p)
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="mixed precision of the forward pass (default none: fp32; bf16 on CPU or "
+                        "GPU, fp16 on CUDA); decoding and NMS stay fp32")
     add_threads_arg(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
@@ -68,7 +77,7 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
 
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
-    setup_logging(None)
+    setup_logging(None, rank=int(os.environ.get("RANK", "0")))   # torchrun: rank 0 logs INFO
     opts = list(args.opt or [])
     if args.topk is not None:
         if args.topk < 1:
@@ -77,7 +86,9 @@ def main(argv: Optional[list] = None) -> int:
     cfg = load_config(args.config, opts)
     apply_threads(args.threads, cfg.loader.num_workers)
     device_name = resolve_device(args.device)
-    device = torch.device(device_name)
+    dist = init_distributed(device_name, cfg.train.dist_timeout)   # one process without torchrun
+    device = dist.device
+    check_amp(args.amp, device, "--amp")
     fix_random_seed(cfg.seed)
     splits = [x for x in args.split.split(",") if x] if args.split else list(cfg.dataset.val_split)
     if not splits:
@@ -103,6 +114,12 @@ def main(argv: Optional[list] = None) -> int:
             raise UserError("--report with --saveonly (command line): a report needs ground truth; "
                             "drop one of them")
         check_report_dir(args.report, args.overwrite)   # before predicting: fail fast
+    for target in targets:   # every output writable before predicting (a file in the way, EACCES)
+        check_output_file(target, "result file")
+    if args.save_raw:
+        check_output_folder(args.save_raw, "--save-raw folder")
+    if args.report:
+        check_output_folder(args.report, "--report folder")
 
     # ---------------------------------------------------------------- model and data
     if is_original_checkpoint(ckpt):   # no config inside: the given config describes the model
@@ -116,9 +133,11 @@ def main(argv: Optional[list] = None) -> int:
     model.to(device)
     log.info("loaded %s weights of %s (epoch %d), %s parameters", "raw" if args.no_ema else "EMA",
              ckpt_path, epoch, f"{count_parameters(model):,}")
+    if not args.no_ema:
+        warn_if_ema_immature(ckpt.get("ema"), str(ckpt_path))
     dataset = PerceptionDataset.from_config(cfg, splits, is_training=False)
     if not args.saveonly and not any(v.num_events for v in dataset.videos):
-        raise UserError(f"no ground truth in split {'+'.join(splits)} ({cfg.dataset.annotation_file}): "
+        raise UserError(f"no ground truth in split {'+'.join(splits)} ({dataset.annotation_source}): "
                         f"pass --saveonly to write the submission without scoring it")
     ext_file = cfg.test_cfg.ext_score_file
     ext = load_ext_scores(ext_file, cfg.dataset.num_classes) if ext_file else None
@@ -130,10 +149,15 @@ def main(argv: Optional[list] = None) -> int:
     # ---------------------------------------------------------------- predict, write, score
     raw_hook = None
     if args.save_raw:
-        prepare_raw_dir(args.save_raw, args.overwrite)
-        raw_hook = raw_candidate_hook(args.save_raw)
-    detections = predict_dataset(model, dataset, cfg, device, raw_hook=raw_hook,
+        if dist.rank == 0:
+            prepare_raw_dir(args.save_raw, args.overwrite)
+        barrier("preparing the --save-raw folder")
+        raw_hook = raw_candidate_hook(args.save_raw)   # each process writes the videos it predicts
+    detections = predict_dataset(model, dataset, cfg, device, amp=args.amp, raw_hook=raw_hook,
                                  show_progress=not args.no_progress)
+    if detections is None:   # torchrun, rank > 0: rank 0 has the detections and writes everything
+        cleanup()
+        return 0
     if args.save_raw:  # meta last: an interrupted run is caught when the folder is loaded
         write_raw_meta(args.save_raw, {
             "task": cfg.task, "split": "+".join(splits), "num_classes": cfg.dataset.num_classes,
@@ -150,6 +174,7 @@ def main(argv: Optional[list] = None) -> int:
     log.info("submission: %s (%d videos, %d detections)", results_path, len(submission),
              sum(len(v[cfg.task]) for v in submission.values()))
     if args.saveonly:
+        cleanup()
         return 0
     metrics = score_detections(detections, dataset)
     print(metrics.format_table())
@@ -163,6 +188,7 @@ def main(argv: Optional[list] = None) -> int:
                      overwrite=args.overwrite, meta={"checkpoint": str(ckpt_path), "epoch": epoch,
                                                      "split": "+".join(splits)})
         log.info("report: %s", Path(args.report) / "index.html")
+    cleanup()
     return 0
 
 

@@ -31,41 +31,27 @@ and leaves those videos out. An existing ``--out`` is kept unless ``--overwrite`
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from libs.common.errors import UserError, format_problems, run_cli  # noqa: E402
-from libs.datasets.features import FeatureProblem, FeatureSource  # noqa: E402
+from libs.datasets.newvideos import (FEATURE_KINDS, durations_from_rows,  # noqa: E402,F401
+                                     feature_rows, list_feature_videos, read_video_csv)
 from libs.evaluation.submission import write_json  # noqa: E402
 
 logger = logging.getLogger("make_annotations")
 
 TASKS = ("sound_localisation", "action_localisation")
 SPLITS = ("train", "valid", "test")
-FILE_EXTS = (".npy", ".pt")
-BEATS_FREQ_TOKENS = 8
-BEATS_PATCH_S = 0.16
-VIDEO_ROWS_PER_S = 7.5
-
-
-def _beats_duration(rows: np.ndarray) -> np.ndarray:
-    """D = (N_a/8*16 + 2)/100: inverse of N_a = 8*floor((100*D - 2)/16)."""
-    return (rows / BEATS_FREQ_TOKENS * 16.0 + 2.0) / 100.0
-
-
-FEATURE_KINDS: Dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "beats": _beats_duration,
-    "umt": lambda rows: rows / VIDEO_ROWS_PER_S,
-    "videomae": lambda rows: rows / VIDEO_ROWS_PER_S,
-}
+list_videos = list_feature_videos
+_feature_rows = feature_rows
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,122 +61,18 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"bad arguments ({self.prog}): {message}; see --help")
 
 
-def list_videos(path: str) -> Tuple[List[str], str]:
-    """Sorted video ids of a feature folder (``<id>.npy|.pt``) or ``.h5`` file, and the extension."""
-    if path.lower().endswith(".h5"):
-        if not os.path.isfile(path):
-            raise UserError(f"feature file not found ({path}): expected an .h5 file with one dataset "
-                            "per video id")
-        import h5py
-        try:
-            with h5py.File(path, "r") as f:
-                ids = sorted(k for k in f.keys() if isinstance(f[k], h5py.Dataset))
-        except OSError as err:
-            raise UserError(f"unreadable h5 feature file ({path}): {err}") from None
-        if not ids:
-            raise UserError(f"no datasets in the feature file ({path}): expected one per video id")
-        return ids, ".h5"
-    if not os.path.isdir(path):
-        raise UserError(f"feature folder not found ({path}): expected a folder of <video_id>.npy|.pt "
-                        "files or an .h5 file")
-    by_ext: Dict[str, List[str]] = {e: [] for e in FILE_EXTS}
-    for name in os.listdir(path):
-        stem, ext = os.path.splitext(name)
-        if ext in by_ext and stem and not name.startswith("."):
-            by_ext[ext].append(stem)
-    found = [e for e in FILE_EXTS if by_ext[e]]
-    if not found:
-        raise UserError(f"no feature files in the folder ({path}): expected <video_id>.npy or "
-                        "<video_id>.pt files")
-    if len(found) > 1:
-        raise UserError(f"feature folder holds both .npy and .pt files ({path}): expected one kind")
-    return sorted(by_ext[found[0]]), found[0]
-
-
-def _positive_number(text: str) -> Optional[float]:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) and value > 0 else None
-
-
 def read_num_frames_csv(path: str, fps: float) -> Dict[str, int]:
     """``{video_id: num_frames}`` from a CSV with ``video_id`` and ``num_frames`` or ``duration_s``."""
-    if not os.path.isfile(path):
-        raise UserError(f"CSV file not found ({path}): expected a header video_id,num_frames or "
-                        "video_id,duration_s")
-    try:
-        with open(path, "r", encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"cannot read CSV file ({path}): {err}") from None
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    header = [c.strip() for c in rows[0]] if rows else []
-    col = "num_frames" if "num_frames" in header else "duration_s" if "duration_s" in header else None
-    if "video_id" not in header or col is None:
-        raise UserError(f"bad CSV header ({path}): got {','.join(header) or 'nothing'}, expected "
-                        "video_id,num_frames or video_id,duration_s")
-    i_vid, i_val = header.index("video_id"), header.index(col)
-    out: Dict[str, int] = {}
-    problems: List[str] = []
-    for line, row in enumerate(rows[1:], start=2):
-        vid = row[i_vid].strip() if i_vid < len(row) else ""
-        text = row[i_val].strip() if i_val < len(row) else ""
-        value = _positive_number(text)
-        if not vid:
-            problems.append(f"line {line}: empty video_id")
-        elif vid in out:
-            problems.append(f"line {line}: video '{vid}' listed twice")
-        elif value is None:
-            problems.append(f"line {line}: video '{vid}': {col} is {text!r}, expected a positive number")
-        elif col == "num_frames" and not value.is_integer():
-            problems.append(f"line {line}: video '{vid}': num_frames is {text!r}, expected an int")
-        elif col == "duration_s" and round(value * fps) < 1:
-            problems.append(f"line {line}: video '{vid}': duration_s {text} is under one frame at "
-                            f"{fps:g} fps")
-        else:
-            out[vid] = int(value) if col == "num_frames" else int(round(value * fps))
-    if problems:
-        raise UserError(format_problems(problems, f"invalid CSV file ({path}) with {len(problems)} "
-                                                  "problem(s)"))
-    if not out:
-        raise UserError(f"CSV file has no videos ({path}): expected one row per video after the header")
-    return out
+    def check(col: str, value: float) -> Optional[str]:
+        if col == "num_frames" and not value.is_integer():
+            return f"num_frames is {value:g}, expected an int"
+        if col == "duration_s" and round(value * fps) < 1:
+            return f"duration_s {value:g} is under one frame at {fps:g} fps"
+        return None
 
-
-def durations_from_rows(rows: np.ndarray, feature_kind: Optional[str] = None,
-                        rows_per_second: Optional[float] = None) -> np.ndarray:
-    """Video durations (s) from feature row counts: a ``feature_kind`` preset or ``T / R``."""
-    rows = np.asarray(rows, dtype=np.float64)
-    if feature_kind is not None:
-        if feature_kind == "beats" and np.any(rows % BEATS_FREQ_TOKENS):
-            logger.warning("%d BEATs feature files have a row count that is not a multiple of %d",
-                           int(np.count_nonzero(rows % BEATS_FREQ_TOKENS)), BEATS_FREQ_TOKENS)
-        return FEATURE_KINDS[feature_kind](rows)
-    assert rows_per_second is not None and rows_per_second > 0
-    return rows / rows_per_second
-
-
-def _feature_rows(path: str, ext: str, video_ids: Sequence[str]) -> np.ndarray:
-    """Row counts T of the videos' feature files (headers only); all problems at once."""
-    source = FeatureSource("features", path, ext, dim=0)
-    rows, problems = [], []
-    for vid in video_ids:
-        try:
-            shape = source.shape(vid)
-        except FeatureProblem as err:
-            problems.append(str(err))
-            continue
-        if len(shape) != 2 or shape[0] < 1:
-            problems.append(f"video '{vid}': features of shape {tuple(shape)}, expected (T >= 1, C)")
-            continue
-        rows.append(shape[0])
-    source.close()
-    if problems:
-        raise UserError(format_problems(problems, f"unreadable feature files ({path}) for "
-                                                  f"{len(problems)} video(s)"))
-    return np.asarray(rows, dtype=np.int64)
+    col, values = read_video_csv(path, ("num_frames", "duration_s"),
+                                 "video_id,num_frames or video_id,duration_s", check)
+    return {vid: int(v) if col == "num_frames" else int(round(v * fps)) for vid, v in values.items()}
 
 
 def _check_missing(problems: List[str], allow_missing: bool) -> None:

@@ -4,11 +4,14 @@
     python tools/summarize_dataset.py CONFIG [--split train] [--opt KEY=VALUE ...]
 
 The dataset is built exactly as training/eval build it, so every annotation and feature file
-problem of the split is reported (one ``error:`` line, exit status 2).
+problem of the split is reported (one ``error:`` line, exit status 2), except NaN/inf values in
+feature files: those are counted per modality (rows and videos) instead of stopping the summary,
+with what ``dataset.on_nonfinite`` will do about them.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -29,11 +32,12 @@ def _range(values: np.ndarray, fmt: str = "{:.0f}") -> str:
     return " / ".join(fmt.format(v) for v in (values.min(), np.median(values), values.max()))
 
 
-def summarize(dataset: PerceptionDataset) -> List[str]:
-    """The summary lines of a built dataset (shapes read cheaply, no feature data loaded)."""
+def summarize(dataset: PerceptionDataset, policy: str = "error") -> List[str]:
+    """The summary lines of a built dataset (with ``on_nonfinite: zero`` the non-finite rows are
+    counted; ``policy`` is what the user's config does with them)."""
     vids = [v.video_id for v in dataset.videos]
     durations = np.array([v.duration for v in dataset.videos], dtype=np.float64)   # (V,)
-    lines = [f"annotation file: {dataset.cfg_dataset.annotation_file}",
+    lines = [f"annotation file(s): {dataset.annotation_source}",
              f"task: {dataset.task}   split(s): {', '.join(dataset.splits)}   classes: {dataset.num_classes}",
              f"videos: {len(vids)}   duration s (min / median / max): {_range(durations, '{:.2f}')}",
              "modalities (T = rows per video, min / median / max):"]
@@ -46,6 +50,11 @@ def summarize(dataset: PerceptionDataset) -> List[str]:
         lines.append(f"  {src.name}{tag} ({src.ext}, {src.path}): files {len(present)}{zeros}, "
                      f"T {_range(rows)}, dim {src.dim}, rows_per_step {dataset.modalities[i].rows_per_step}, "
                      f"~{np.median(rate) if rate.size else float('nan'):.2f} rows/s")
+        bad = dataset.nonfinite[i]
+        if bad:
+            what = ("stops training and evaluation" if policy == "error" else "replaced by 0")
+            lines.append(f"    non-finite values: {sum(bad.values())} rows in {len(bad)} video(s) "
+                         f"(e.g. {next(iter(bad))}); dataset.on_nonfinite '{policy}' {what}")
     labels = np.concatenate([v.labels for v in dataset.videos]) if vids else np.zeros(0, np.int64)
     counts = np.bincount(labels, minlength=dataset.num_classes)                   # (K,)
     lines.append(f"events: {int(counts.sum())} ({dataset.task})")
@@ -65,8 +74,10 @@ def main(argv: Optional[list] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.opt)
     splits = args.split or list(cfg.dataset.train_split)
-    dataset = PerceptionDataset.from_config(cfg, splits, is_training=False)
-    print("\n".join(summarize(dataset)))
+    counting = dataclasses.replace(cfg.dataset, on_nonfinite="zero")   # count, do not stop
+    dataset = PerceptionDataset(counting, task=cfg.task, seed=cfg.seed, splits=splits,
+                                is_training=False)
+    print("\n".join(summarize(dataset, cfg.dataset.on_nonfinite)))
     return 0
 
 

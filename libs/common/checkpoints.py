@@ -28,6 +28,8 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
     """Write ``state`` with ``torch.save`` atomically to ``path`` (its folder must exist).
 
     An existing file is replaced (an epoch re-saved after a resume) and an INFO line says so.
+    A failed write (no space left, no permission) is a UserError naming the file and the cause;
+    the previous file stays intact and no temp file is left (``atomic_path``).
     """
     path = Path(path)
     folder = path.parent
@@ -43,23 +45,28 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Dict[str, Any]:
+def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: bool = True,
+                    mmap: bool = False) -> Dict[str, Any]:
     """Read a checkpoint dict; UserError naming the file if it is missing, unreadable or not a dict.
 
     ``weights_only=True`` (default) refuses arbitrary pickled objects; our checkpoints hold only
     tensors and plain Python values. Pass ``False`` only for trusted files with other objects.
+    ``mmap=True`` maps the tensors instead of reading them: a cheap look at the small values
+    (epoch, best_map) of a large file.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found ({path}): expected an existing .pth.tar file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+        state = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except Exception as err:  # a corrupt file can fail in many ways (pickle, zip, struct, EOF)
         text = _ANSI.sub("", str(err)).strip()
-        if weights_only and "weights only load failed" in text.lower():
+        if weights_only and "unsupported global" in text.lower():
             raise UserError(f"checkpoint holds arbitrary Python objects ({path}): expected tensors "
                             "and plain values only (refused for safety)") from err
         first = text.splitlines()[0][:200] if text else ""
+        if "weights only load failed" in first.lower():   # torch's hint about weights_only=False
+            first = "not a zip or pickle file written by torch.save"
         raise UserError(f"cannot read checkpoint ({path}): expected a file written by torch.save "
                         f"({type(err).__name__}{': ' + first if first else ''})") from err
     if not isinstance(state, dict):

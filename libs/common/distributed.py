@@ -1,15 +1,24 @@
-"""Thin helpers over ``torch.distributed`` (one process per device, launched by torchrun).
+"""Thin helpers over ``torch.distributed`` (one process per device, launched by torchrun), and
+the device's mixed precision (autocast dtypes).
 
 Without torchrun's environment (``WORLD_SIZE`` unset or 1) everything runs as a single process
 and every helper is a cheap no-op, so the training loop calls them unconditionally.
+
+A process that raises exits non-zero and torchrun stops the others at once. A process that stalls
+(or dies where torchrun cannot see it, on another node) makes the others' next collective fail
+after the process group's timeout (config key ``train.dist_timeout``, seconds);
+:func:`gather_to_main` and :func:`barrier` turn that into one ``error:`` line naming the step and
+the timeout.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, ContextManager, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -17,6 +26,14 @@ import torch.distributed as dist
 from libs.common.errors import UserError
 
 log = logging.getLogger(__name__)
+
+# autocast dtype of each ``train.amp`` / ``eval.py --amp`` value ('none': full fp32)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_timeout_s: Optional[float] = None   # the process group's timeout, for error messages
+
+
+class PeerError(UserError):
+    """A collective failed: another process raised, died or stalled past ``train.dist_timeout``."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +55,15 @@ def _env_int(name: str, default: int) -> int:
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The wrapped module of a DistributedDataParallel / DataParallel model, else ``model``."""
-    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        model = model.module
-    return model
+    """The plain module inside DistributedDataParallel / DataParallel / ``torch.compile``
+    wrappers (any nesting), else ``model``."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):   # torch.compile
+            model = model._orig_mod
+        else:
+            return model
 
 
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
@@ -58,11 +80,14 @@ def resolve_device(requested: Optional[str]) -> str:
     return name
 
 
-def init_distributed(device: str) -> DistInfo:
-    """Set up the process group from torchrun's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``.
+def init_distributed(device: str, timeout_s: Optional[float] = None) -> DistInfo:
+    """Set up the process group from torchrun's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` (also
+    for ``--nproc_per_node 1``, so that one process runs the distributed code paths).
 
     ``device`` is ``'cpu'``, ``'cuda'`` or ``'cuda:N'``. Under torchrun with CUDA each process
-    uses ``cuda:<LOCAL_RANK>`` and the NCCL backend; on CPU the gloo backend.
+    uses ``cuda:<LOCAL_RANK>`` and the NCCL backend; on CPU the gloo backend. ``timeout_s``
+    (config ``train.dist_timeout``; None: torch's default) bounds how long any collective waits
+    for the other processes before it fails (gloo raises; NCCL's watchdog aborts the process).
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -71,7 +96,7 @@ def init_distributed(device: str) -> DistInfo:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"CUDA is not available (device '{device}'): expected a GPU build of "
                         "PyTorch and a visible GPU, or use device cpu")
-    if world_size <= 1:
+    if world_size <= 1 and not dist.is_torchelastic_launched():   # plain python: no group
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", 0)
         if dev.type == "cuda":
@@ -87,10 +112,80 @@ def init_distributed(device: str) -> DistInfo:
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    log.info("process %d/%d (local rank %d) on %s, backend %s", rank, world_size, local_rank, dev,
-             backend)
+        kwargs = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
+    global _timeout_s
+    _timeout_s = timeout_s
+    log.info("process %d/%d (local rank %d) on %s, backend %s, timeout %s", rank, world_size,
+             local_rank, dev, backend, "torch's default" if timeout_s is None else f"{timeout_s:g} s")
     return DistInfo(rank, world_size, local_rank, dev)
+
+
+def is_distributed() -> bool:
+    """Whether a default process group exists (torchrun, any number of processes)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world() -> Tuple[int, int]:
+    """``(rank, world_size)`` of the default process group; ``(0, 1)`` without one."""
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _peer_error(what: str, err: Exception) -> PeerError:
+    rank, world = rank_and_world()
+    limit = ("torch's default timeout" if _timeout_s is None
+             else f"train.dist_timeout ({_timeout_s:g} s)")
+    first = (str(err).strip().splitlines() or [type(err).__name__])[-1][:300]
+    return PeerError(f"{what} failed (process {rank} of {world}): another process raised, died or "
+                     f"did not answer within {limit}; that process's own error, if it had one, is "
+                     f"above [{type(err).__name__}: {first}]")
+
+
+def gather_to_main(obj: Any, what: str) -> Optional[List[Any]]:
+    """Every process's picklable ``obj`` as a list in rank order on rank 0; None on the other
+    ranks; ``[obj]`` without a process group. A failed or timed-out peer raises
+    :class:`PeerError` naming ``what``."""
+    if not is_distributed():
+        return [obj]
+    rank, world = rank_and_world()
+    out: Optional[List[Any]] = [None] * world if rank == 0 else None
+    try:
+        dist.gather_object(obj, out, dst=0)
+    except (RuntimeError, dist.DistError) as err:
+        raise _peer_error(what, err) from err
+    return out
+
+
+def barrier(what: str) -> None:
+    """Wait for every process (no-op without a process group); a failed or timed-out peer raises
+    :class:`PeerError` naming ``what``."""
+    if not is_distributed():
+        return
+    try:
+        dist.barrier()
+    except (RuntimeError, dist.DistError) as err:
+        raise _peer_error(what, err) from err
+
+
+def check_amp(amp: str, device: torch.device, where: str) -> None:
+    """A one-line error unless ``amp`` ('none', 'bf16', 'fp16') runs on ``device``: fp16 needs
+    CUDA (with a GradScaler in training); bf16 needs a CPU or a GPU that supports it."""
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError(f"mixed precision fp16 ({where}) on {device.type}: expected a CUDA device; "
+                        f"use bf16 on CPU")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"mixed precision bf16 ({where}): this GPU does not support bfloat16; use "
+                        f"fp16 or none")
+
+
+def autocast(amp: str, device: torch.device) -> ContextManager:
+    """``torch.autocast`` to ``AMP_DTYPES[amp]`` on ``device``'s type; a no-op for 'none'.
+    Wrap the model's forward only: losses, decoding and NMS run in fp32 outside it."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 def all_reduce_sum(value: Union[float, torch.Tensor]) -> Union[float, torch.Tensor]:

@@ -126,6 +126,10 @@ def check_cross_fields(cfg: dict, source: str) -> List[str]:
     if model["neck"] == "identity" and model["fpn_dim"] not in (None, model["embd_dim"]):
         err("model.fpn_dim", f"the identity neck keeps the backbone width: expected null or "
             f"{model['embd_dim']} (model.embd_dim), got {model['fpn_dim']}")
+    if cfg["train"]["accum_steps"] > 1 and cfg["train_cfg"]["loss_weight"] <= 0:
+        err("train.accum_steps", f"expected 1 with train_cfg.loss_weight <= 0 (the balanced "
+            f"regression weight depends on the whole batch), got {cfg['train']['accum_steps']}; "
+            f"set train_cfg.loss_weight > 0 or accumulate nothing")
     bad_empty = [c for c in cfg["train_cfg"]["head_empty_cls"] if c >= ds["num_classes"]]
     if bad_empty:
         err("train_cfg.head_empty_cls", f"expected class ids below dataset.num_classes "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, FrozenSet, Optional, Tuple
+from typing import Any, FrozenSet, Optional, Tuple, Union
 
 TASKS = ("sound_localisation", "action_localisation")
 NMS_METHODS = ("hard", "linear", "gaussian")
@@ -70,8 +70,9 @@ class ModalityConfig:
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    annotation_file: str = key(None, "Perception Test annotation JSON (README: data layout)",
-                               required=True)
+    annotation_file: Union[str, Tuple[str, ...]] = key(
+        None, "Perception Test annotation JSON, or a list of them merged by video id (e.g. the "
+              "challenge's per-split files; README: data layout)", required=True, min_length=1)
     train_split: Tuple[str, ...] = key(("train",), "splits (metadata.split) used for training",
                                        min_length=1)
     val_split: Tuple[str, ...] = key(("valid",), "splits evaluated by eval.py (unless --split) and "
@@ -82,6 +83,9 @@ class DatasetConfig:
     on_missing: str = key("error", "a missing/unreadable feature file: 'error' (listed up front) or "
                                    "'zeros' (filled with zeros and counted in the log)",
                           choices=("error", "zeros"))
+    on_nonfinite: str = key("error", "NaN/inf values in a feature file: 'error' (found up front, "
+                                     "listed with the count of bad rows) or 'zero' (replaced by 0 "
+                                     "and counted in the log)", choices=("error", "zero"))
     time_grid: str = key("duration", "seconds <-> grid cells mapping: 'duration' (features span the "
                                      "video) or 'stride' (the original's fps/feat_stride arithmetic)",
                          choices=("duration", "stride"))
@@ -172,7 +176,9 @@ class TrainCfgConfig:
 @dataclass(frozen=True)
 class OptConfig:
     type: str = key("AdamW", "optimizer: 'AdamW' or 'SGD'", choices=("AdamW", "SGD"))
-    learning_rate: float = key(1e-3, "peak learning rate (per process)", min=0.0)
+    learning_rate: float = key(1e-3, "peak learning rate of an optimizer step, used as given for "
+                                     "any number of processes and accum_steps (README: scaling)",
+                               min=0.0)
     weight_decay: float = key(0.05, "weight decay of conv/linear weights (others: none)", min=0.0)
     momentum: float = key(0.9, "SGD momentum", min=0.0, max=1.0)
     epochs: int = key(50, "epochs after warmup", min=0)
@@ -196,7 +202,16 @@ class TrainConfig:
                                  "original's fixed decay)")
     ckpt_freq: int = key(5, "save epoch_NNN.pth.tar every this many epochs (and the last)", min=1)
     eval_freq: int = key(0, "validation mAP every this many epochs (0: never)", min=0)
-    print_freq: int = key(10, "log losses every this many iterations", min=1)
+    print_freq: int = key(10, "log losses every this many optimizer steps", min=1)
+    amp: str = key("none", "mixed precision of the forward pass: 'bf16' (CPU or GPU), 'fp16' (CUDA, "
+                           "with a GradScaler) or 'none' (fp32); losses stay fp32 (README: scaling)",
+                   choices=("none", "bf16", "fp16"))
+    accum_steps: int = key(1, "micro-batches of loader.batch_size per optimizer step (effective "
+                              "batch: batch_size x processes x accum_steps)", min=1)
+    compile: bool = key(False, "torch.compile the training model (README: scaling, measured)")
+    dist_timeout: float = key(600.0, "torchrun runs of train.py and eval.py: seconds a collective "
+                                     "waits for the other processes before the job fails",
+                              min=1.0)
 
 
 @dataclass(frozen=True)

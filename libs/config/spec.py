@@ -48,6 +48,7 @@ class Leaf:
     item: Optional[type] = None
     length: Optional[int] = None
     min_length: Optional[int] = None
+    one_or_list: bool = False    # ``Union[X, Tuple[X, ...]]``: one X or a list of X, kept as given
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ class Items:
 def _unwrap_optional(hint: Any) -> Tuple[Any, bool]:
     if typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True
+        nullable = len(args) < len(typing.get_args(hint))
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), nullable
     return hint, False
 
 
@@ -78,6 +80,12 @@ def spec_of(cls: type) -> Dict[str, Any]:
             continue
         k: Key = f.metadata["key"]
         hint, nullable = _unwrap_optional(hints[f.name])
+        if typing.get_origin(hint) is typing.Union:   # Union[X, Tuple[X, ...]]: one X or a list
+            scalar, listed = typing.get_args(hint)
+            assert listed == Tuple[scalar, ...], f"unsupported schema type {hint} for {f.name}"
+            out[f.name] = Leaf(f.default, k.doc, scalar, nullable, k.required, k.choices, k.min,
+                               k.max, scalar, k.length, k.min_length, one_or_list=True)
+            continue
         typ, item = hint, None
         if typing.get_origin(hint) is tuple:
             typ, item = list, typing.get_args(hint)[0]
@@ -213,6 +221,13 @@ def check_key(key: Leaf, value: Any, name: str, source: str) -> Any:
             return None
         raise UserError(f"wrong type for config key '{name}' ({source}): expected "
                         f"{_TYPE_NAMES[key.type]}, got null")
+    if key.one_or_list:
+        if isinstance(value, (list, tuple)):
+            return check_key(dataclasses.replace(key, type=list, one_or_list=False), value, name,
+                             source)
+        if not isinstance(value, key.type):
+            raise UserError(f"wrong type for config key '{name}' ({source}): expected "
+                            f"{_TYPE_NAMES[key.type]} or a list of them, got {show_value(value)}")
     value = check_scalar(value, key.type, name, source)
     if key.type is list:
         n = len(value)

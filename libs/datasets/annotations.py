@@ -2,20 +2,25 @@
 
 Times are in seconds here: the file stores event timestamps in microseconds and the video length as
 ``num_frames`` / ``frame_rate`` (the original multiplied them: a bug fixed here). Every problem of
-the file is collected and reported at once in one :class:`UserError` naming the video ids.
+the file(s) is collected and reported at once in one :class:`UserError` naming the video ids.
+Several files (the challenge ships one per split) are merged by video id: a video in two files is
+an error naming both. Files are read strictly (docs/numerics.md s.1.1): UTF-8 only, a video id
+written twice in one file is an error (``json`` would keep the last copy silently), and video ids
+must be plain file names, since they name the feature files.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from libs.common.io import read_json
 from libs.common.errors import UserError, format_problems
+from libs.datasets.jsonfile import describe_where, read_json_checked
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +30,8 @@ US_PER_SECOND = 1e6
 
 @dataclass
 class VideoRecord:
-    """One video of the annotation file. ``segments`` are seconds, clipped to ``[0, duration]``."""
+    """One video of the annotation file(s). ``segments`` are seconds, clipped to ``[0, duration]``
+    (unless loaded with ``trim=False``: then as the file gives them)."""
     video_id: str
     split: str
     num_frames: int
@@ -41,15 +47,28 @@ class VideoRecord:
 
 @dataclass
 class AnnotationSet:
-    """The videos of the requested splits (file order) and the label names of the whole file."""
-    path: str
+    """The videos of the requested splits (file order, files in list order) and the label names of
+    every video of every file."""
+    paths: List[str]
     task: str
     videos: List[VideoRecord]
     label_names: Dict[int, str] = field(default_factory=dict)
     splits_found: List[str] = field(default_factory=list)
 
+    @property
+    def path(self) -> str:
+        """The file(s), for messages."""
+        return ", ".join(self.paths)
+
     def __len__(self) -> int:
         return len(self.videos)
+
+
+def annotation_paths(value: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> List[str]:
+    """``dataset.annotation_file`` (one path or a list of paths) as a list of path strings."""
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    return [os.fspath(v) for v in value]
 
 
 def _is_number(x: Any) -> bool:
@@ -64,11 +83,38 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, float) and math.isfinite(x) and x.is_integer()
 
 
+def video_id_problem(vid: str) -> Optional[str]:
+    """Why ``vid`` is not a plain file name (it names ``<folder>/<vid><ext>`` feature files), or
+    None. Refused: empty, path separators, NUL, a leading '.' (hidden files, '.', '..')."""
+    if not vid:
+        return "is empty"
+    bad = [c for c in ("/", "\\", "\0") if c in vid]
+    if bad:
+        return f"contains {' and '.join(repr(c) for c in bad)}"
+    if vid.startswith("."):
+        return "starts with '.'"
+    return None
+
+
 def _read_json(path: str) -> Dict[str, Any]:
-    data = read_json(path, "annotation file", "a Perception Test JSON file {video_id: {...}}")
+    """The file's top-level mapping; non-UTF-8 bytes, duplicate keys, a non-mapping top level and
+    an empty mapping are UserErrors naming the file."""
+    data, dups = read_json_checked(path, "annotation file",
+                                   "a Perception Test JSON file {video_id: {...}}")
     if not isinstance(data, dict):
         raise UserError(f"annotation file top level is a {type(data).__name__} ({path}): "
                         "expected a mapping {video_id: {...}}")
+    if dups:
+        shown = []
+        for d in dups[:5]:
+            if d.where:
+                shown.append(f"key '{d.key}' {d.count} times in {describe_where(d.where)}")
+            else:
+                shown.append(f"video '{d.key}' {d.count} times")
+        more = f" (and {len(dups) - 5} more)" if len(dups) > 5 else ""
+        what = "video id" if all(not d.where for d in dups) else "key"
+        raise UserError(f"duplicate {what} in annotation file ({path}): {'; '.join(shown)}{more}; "
+                        f"expected each key once per object (json keeps only the last copy)")
     if not data:
         raise UserError(f"annotation file has no videos ({path}): expected {{video_id: {{...}}}}")
     return data
@@ -106,11 +152,17 @@ def _parse_metadata(vid: str, entry: Any, problems: List[str]) -> Optional[tuple
     return split.lower(), int(num_frames), float(frame_rate)
 
 
+# label id -> label name -> the (file, video id) pairs that use that name, in file order
+NameUses = Dict[int, Dict[str, List[Tuple[str, str]]]]
+
+
 def _parse_events(vid: str, events: List[Any], num_classes: int, duration: float, end_tolerance: float,
-                  names: Dict[int, str], problems: List[str]) -> Optional[tuple]:
-    """Events -> (segments (N, 2) float64 s, labels (N,) int64, #clipped), or None after problems."""
+                  trim: bool, problems: List[str]) -> Optional[tuple]:
+    """Events -> (segments (N, 2) float64 s, labels (N,) int64, #clipped, {label_id: [names]}),
+    or None after problems. ``trim``: clip ends to ``duration`` (else the segments are as given)."""
     n_before = len(problems)
     stamps, labels = [], []
+    names: Dict[int, List[str]] = {}
     for i, ev in enumerate(events):
         where = f"video '{vid}' event {i}"
         if not isinstance(ev, dict):
@@ -125,11 +177,8 @@ def _parse_events(vid: str, events: List[Any], num_classes: int, duration: float
             problems.append(f"{where}: label_id {lid} out of range, expected an int in [0, {num_classes})")
             continue
         name = ev.get("label")
-        if isinstance(name, str):
-            old = names.setdefault(lid, name)
-            if old != name:
-                problems.append(f"{where}: label_id {lid} named {name!r} but {old!r} elsewhere, "
-                                "expected one name per label_id")
+        if isinstance(name, str) and name not in names.setdefault(lid, []):
+            names[lid].append(name)
         ts = ev.get("timestamps")
         if not (isinstance(ts, (list, tuple)) and len(ts) == 2 and all(_is_number(t) for t in ts)):
             problems.append(f"{where}: timestamps is {ts!r}, expected [start_us, end_us]")
@@ -156,6 +205,9 @@ def _parse_events(vid: str, events: List[Any], num_classes: int, duration: float
         problems.append(f"video '{vid}': {len(past) - 5} more events past the video end")
     if len(problems) > n_before:
         return None
+    n_past = int((segs[:, 1] > duration).sum())
+    if not trim:
+        return segs, labs, 0, names
     clipped = np.minimum(segs, duration)
     short = np.nonzero(clipped[:, 0] >= clipped[:, 1])[0]
     for j in short[:5]:
@@ -163,62 +215,119 @@ def _parse_events(vid: str, events: List[Any], num_classes: int, duration: float
                         f"after the video end {duration:.6g} s")
     if len(short):
         return None
-    return clipped, labs, int((segs[:, 1] > duration).sum())
+    return clipped, labs, n_past, names
 
 
-def load_annotations(path: str, task: str, num_classes: int, splits: Optional[Sequence[str]] = None,
-                     end_tolerance: float = 1.0) -> AnnotationSet:
-    """Read and validate a Perception Test annotation file.
+def _label_name_problems(uses: NameUses, several_files: bool) -> List[str]:
+    """One problem per odd name: a label id named differently from the name most videos use (a
+    tie keeps the name seen first), naming the odd videos and both names."""
+    out: List[str] = []
+
+    def video(file_vid: Tuple[str, str]) -> str:
+        return f"'{file_vid[1]}'" + (f" ({file_vid[0]})" if several_files else "")
+
+    for lid, by_name in sorted(uses.items()):
+        if len(by_name) < 2:
+            continue
+        usual = max(by_name, key=lambda n: len(by_name[n]))   # first of the most used names
+        for name, where in by_name.items():
+            if name == usual:
+                continue
+            more = f" and {len(where) - 1} more video(s)" if len(where) > 1 else ""
+            n_usual = len(by_name[usual])
+            out.append(f"video {video(where[0])}{more}: label_id {lid} named {name!r}, but "
+                       f"{usual!r} in {n_usual} other video(s) (e.g. {video(by_name[usual][0])}), "
+                       "expected one name per label_id")
+    return out
+
+
+def load_annotations(path: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], task: str,
+                     num_classes: int, splits: Optional[Sequence[str]] = None,
+                     end_tolerance: float = 1.0, *, trim: bool = True) -> AnnotationSet:
+    """Read and validate Perception Test annotation file(s) (one path or a list, merged by video id).
 
     ``task`` picks the event list (``sound_localisation`` / ``action_localisation``); ``splits``
-    filters the returned videos (all if None). Label names come from every video of the file.
+    filters the returned videos (all if None). Label names come from every video of every file.
+    ``trim`` (training, eval.py): event ends past the video are clipped to the duration (within
+    ``end_tolerance``); ``trim=False`` (the challenge scorer): events as given, any end accepted.
     Raises one :class:`UserError` listing every problem (first 20, then a count).
     """
-    path = str(path)
-    data = _read_json(path)
+    paths = annotation_paths(path)
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        raise UserError(f"annotation file listed twice (dataset.annotation_file): {', '.join(twice)}; "
+                        "expected each file once")
+    if not trim:
+        end_tolerance = math.inf
     wanted = None if splits is None else {str(s).lower() for s in splits}
+    several = len(paths) > 1
     problems: List[str] = []
-    names: Dict[int, str] = {}
+    uses: NameUses = {}
+    home: Dict[str, Tuple[str, str]] = {}      # video id -> (file, split) where it was first seen
     videos: List[VideoRecord] = []
     found: List[str] = []
     n_clipped = 0
-    for vid, entry in data.items():
-        meta = _parse_metadata(vid, entry, problems)
-        if meta is None:
-            continue
-        split, num_frames, frame_rate = meta
-        if split not in found:
-            found.append(split)
-        duration = num_frames / frame_rate
-        events = entry.get(task)
-        if events is None:
-            if split != "test":
-                problems.append(f"video '{vid}': missing '{task}' list (split {split}), expected a list "
-                                "of events (only test videos may omit it)")
+    for p in paths:
+        data = _read_json(p)
+        file_problems: List[str] = []
+        for vid, entry in data.items():
+            why = video_id_problem(vid)
+            if why is not None:
+                file_problems.append(f"video id {vid!r} {why}, expected a plain file name (video "
+                                     "ids name the feature files)")
                 continue
-            events = []
-        if not isinstance(events, list):
-            problems.append(f"video '{vid}': '{task}' is a {type(events).__name__}, expected a list")
-            continue
-        parsed = _parse_events(vid, events, num_classes, duration, end_tolerance, names, problems)
-        if parsed is None:
-            continue
-        segs, labs, n_clip = parsed
-        if wanted is not None and split not in wanted:
-            continue
-        n_clipped += n_clip
-        videos.append(VideoRecord(vid, split, num_frames, frame_rate, duration, segs, labs))
+            meta = _parse_metadata(vid, entry, file_problems)
+            if meta is None:
+                continue
+            split, num_frames, frame_rate = meta
+            if vid in home:
+                other, other_split = home[vid]
+                note = f", split '{other_split}' there and '{split}' here" if other_split != split else ""
+                problems.append(f"video '{vid}' in two annotation files ({other} and {p}{note}): "
+                                "expected each video in one file")
+                continue
+            home[vid] = (p, split)
+            if split not in found:
+                found.append(split)
+            duration = num_frames / frame_rate
+            events = entry.get(task)
+            if events is None:
+                if split != "test":
+                    file_problems.append(f"video '{vid}': missing '{task}' list (split {split}), expected "
+                                         "a list of events (only test videos may omit it)")
+                    continue
+                events = []
+            if not isinstance(events, list):
+                file_problems.append(f"video '{vid}': '{task}' is a {type(events).__name__}, expected a list")
+                continue
+            parsed = _parse_events(vid, events, num_classes, duration, end_tolerance, trim,
+                                   file_problems)
+            if parsed is None:
+                continue
+            segs, labs, n_clip, names = parsed
+            for lid, used in names.items():
+                for name in used:
+                    uses.setdefault(lid, {}).setdefault(name, []).append((p, vid))
+            if wanted is not None and split not in wanted:
+                continue
+            n_clipped += n_clip
+            videos.append(VideoRecord(vid, split, num_frames, frame_rate, duration, segs, labs))
+        problems.extend(f"{p}: {x}" if several else x for x in file_problems)
+    problems.extend(_label_name_problems(uses, several))
+    shown = ", ".join(paths)
     if problems:
-        raise UserError(format_problems(problems, f"invalid annotation file ({path}) with "
-                                                  f"{len(problems)} problem(s)"))
+        raise UserError(format_problems(problems, f"invalid annotation file{'s' if several else ''} "
+                                                  f"({shown}) with {len(problems)} problem(s)"))
     if wanted is not None and not videos:
-        raise UserError(f"no video of split(s) {', '.join(sorted(wanted))} in the annotation file "
-                        f"({path}): splits found are {', '.join(found) or 'none'}")
-    logger.info("annotations %s: %d videos (%s), %d events of '%s'", path, len(videos),
+        raise UserError(f"no video of split(s) {', '.join(sorted(wanted))} in the annotation "
+                        f"file{'s' if several else ''} ({shown}): splits found are "
+                        f"{', '.join(found) or 'none'}")
+    logger.info("annotations %s: %d videos (%s), %d events of '%s'", shown, len(videos),
                 ", ".join(sorted(wanted)) if wanted else "all splits",
                 sum(v.num_events for v in videos), task)
     if n_clipped:
         logger.info("annotations %s: %d events ending past the video end (within %g s) clipped",
-                    path, n_clipped, end_tolerance)
-    return AnnotationSet(path=path, task=task, videos=videos, label_names=dict(sorted(names.items())),
+                    shown, n_clipped, end_tolerance)
+    label_names = {lid: next(iter(by_name)) for lid, by_name in sorted(uses.items())}
+    return AnnotationSet(paths=paths, task=task, videos=videos, label_names=label_names,
                          splits_found=found)

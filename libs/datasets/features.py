@@ -52,6 +52,13 @@ def load_array(fname: str, ext: str) -> np.ndarray:
     raise ValueError(f"cannot read {ext} files one by one")
 
 
+def nonfinite_rows(x: np.ndarray) -> int:
+    """Rows of ``x (T, C)`` holding at least one NaN or inf (0 for a finite array, one pass)."""
+    if np.isfinite(x).all():
+        return 0
+    return int((~np.isfinite(x)).any(axis=1).sum())
+
+
 @dataclass
 class FeatureSource:
     """One feature family. ``path`` is a folder of ``<video_id><ext>`` files or one ``.h5`` file."""
@@ -88,8 +95,11 @@ class FeatureSource:
             return self.path
         return os.path.join(self.path, f"{video_id}{self.ext}")
 
-    def _where(self, video_id: str) -> str:
+    def where(self, video_id: str) -> str:
+        """``modality 'NAME', video 'ID'``, for messages."""
         return f"modality '{self.name}', video '{video_id}'"
+
+    _where = where
 
     def _h5_file(self, video_id: str) -> Any:
         if self._h5 is None or self._h5_pid != os.getpid():

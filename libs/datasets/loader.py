@@ -4,12 +4,19 @@ Training uses :class:`EpochSampler`: a permutation from a ``torch.Generator`` se
 ``seed + epoch`` (each rank takes its slice, like ``DistributedSampler``). It yields
 ``(epoch, index)`` keys so that the dataset's crops follow the epoch even inside persistent
 worker processes. Inference reads the videos in order, without dropping any.
+
+The loader draws its workers' base seed from its own ``torch.Generator`` (seeded with ``seed``),
+never from the global torch RNG: the main process's global RNG (stochastic-depth masks) then does
+not depend on when worker iterators are created, so a resumed run, whose persistent workers start
+at the resume, draws exactly what the uninterrupted run drew (docs/numerics.md s.9.6). Workers
+ignore SIGTERM and SIGINT: the main process decides when to stop (requeue-safe SIGTERM, README).
 """
 from __future__ import annotations
 
 import functools
 import logging
 import random
+import signal
 from typing import Any, Iterator, List, Optional, Sized, Tuple
 
 import numpy as np
@@ -35,15 +42,24 @@ class EpochSampler(Sampler):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.start = 0
         self.num_samples = -(-len(dataset) // world_size)
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's permutation (from its first key: any :meth:`set_start` is reset)."""
         self.epoch = int(epoch)
+        self.start = 0
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
 
+    def set_start(self, start: int) -> None:
+        """Skip this epoch's first ``start`` keys (this rank's): a run resumed in mid-epoch
+        continues with the batches the uninterrupted run would have drawn next."""
+        assert 0 <= start <= self.num_samples, (start, self.num_samples)
+        self.start = int(start)
+
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples - self.start
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         gen = torch.Generator()
@@ -53,7 +69,7 @@ class EpochSampler(Sampler):
         if total > perm.numel():
             reps = -(-total // perm.numel())
             perm = perm.repeat(reps)[:total]
-        mine = perm[self.rank:total:self.world_size].tolist()
+        mine = perm[self.rank:total:self.world_size].tolist()[self.start:]
         return iter([(self.epoch, i) for i in mine])
 
 
@@ -75,7 +91,11 @@ def length_grouped_batches(dataset: Any, batch_size: int, max_seq_len: int,
 
 
 def _worker_init(worker_id: int) -> None:
-    """Seed python/numpy in each worker from torch's per-worker seed (crops use their own rng)."""
+    """Seed python/numpy in each worker from torch's per-worker seed (crops use their own rng);
+    ignore SIGTERM/SIGINT, which a scheduler or a terminal sends to the whole process group: the
+    main process stops the workers when it has saved its state."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2 ** 31
     random.seed(seed)
     np.random.seed(seed)
@@ -83,7 +103,8 @@ def _worker_init(worker_id: int) -> None:
 
 def make_loader(dataset: Any, *, batch_size: int, num_workers: int, is_training: bool, seed: int,
                 max_seq_len: int, max_div_factor: int, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """A DataLoader of :func:`collate_batch` batches (shuffled + drop_last when training)."""
+    """A DataLoader of :func:`collate_batch` batches (shuffled + drop_last when training); worker
+    seeds come from a generator of its own seeded with ``seed`` (module docstring)."""
     collate = functools.partial(collate_batch, max_seq_len=max_seq_len, max_div_factor=max_div_factor,
                                 is_training=is_training)
     sampler: Optional[Sampler] = None
@@ -106,6 +127,7 @@ def make_loader(dataset: Any, *, batch_size: int, num_workers: int, is_training:
         collate_fn=collate,
         worker_init_fn=_worker_init if workers > 0 else None,
         persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(int(seed)),   # not the global RNG: exact resume
         pin_memory=torch.cuda.is_available(),  # faster host-to-GPU copies; a no-op on CPU-only
     )
 
@@ -117,3 +139,12 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
         sampler.set_epoch(epoch)
     if hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)
+
+
+def skip_loader_batches(loader: DataLoader, batches: int) -> None:
+    """Start the loader's current epoch (after :func:`set_loader_epoch`) at batch ``batches``:
+    a run resumed in mid-epoch draws the batches the uninterrupted run drew next."""
+    if batches:
+        sampler = loader.sampler
+        assert isinstance(sampler, EpochSampler), "only training loaders resume in mid-epoch"
+        sampler.set_start(batches * loader.batch_size)

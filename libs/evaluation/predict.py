@@ -1,23 +1,29 @@
 """Inference: decode per level, NMS, grid cells -> seconds; predicting and scoring a split.
 
-Shared by eval.py, validation during training and the tools.
+Shared by eval.py, validation during training and the tools. Under torch.distributed (torchrun)
+:func:`predict_dataset` splits the split's videos across the processes and gathers the detections
+to rank 0 (README: scaling); without a process group it is a plain single-process loop.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from libs.common.distributed import unwrap_model
+from libs.common.distributed import (autocast, gather_to_main, is_distributed, rank_and_world,
+                                     unwrap_model)
 from libs.common.errors import UserError
 from libs.modeling.decode import decode_candidates
 from libs.config.schema import Config, NmsConfig, TestCfgConfig
 from libs.datasets import PerceptionDataset, make_loader
+from libs.datasets.loader import length_grouped_batches
 from libs.evaluation.metrics import MetricResult, evaluate_map
 from libs.evaluation.events import ground_truth_from_records, predictions_from_detections
 from libs.ops.nms import batched_nms_videos
@@ -26,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, test_cfg: TestCfgConfig, device: torch.device,
+def predict(model: nn.Module, loader, test_cfg: TestCfgConfig, device: torch.device, *, amp: str,
             raw_hook: Optional[Callable[[str, dict, object], None]] = None,
             show_progress: bool = True) -> List[dict]:
     """Detections for every video of ``loader``: decode per level, NMS, grid cells -> seconds.
@@ -34,6 +40,8 @@ def predict(model: nn.Module, loader, test_cfg: TestCfgConfig, device: torch.dev
     Returns one dict per video in loader order: ``video_id``, ``segments`` (N, 2) float32
     seconds clipped to [0, duration], ``scores`` (N,), ``labels`` (N,) int64, descending score.
     ``raw_hook(video_id, candidates, grid)`` receives the pre-NMS candidates (grid cells).
+    ``amp`` ('none', 'bf16', 'fp16') is the forward pass's autocast; the head outputs are cast
+    to fp32 before decoding, so scores are never rounded to 8 mantissa bits before NMS.
     """
     model.eval()
     core = unwrap_model(model)
@@ -53,9 +61,11 @@ def predict(model: nn.Module, loader, test_cfg: TestCfgConfig, device: torch.dev
                             f"dataset.force_upsampling")
         feats = batch["feats"].to(device, non_blocking=True)
         masks = batch["masks"].to(device, non_blocking=True)
-        outputs = core(feats, masks)
+        with autocast(amp, device):
+            outputs = core(feats, masks)
         candidates = decode_candidates(
-            outputs["points"], outputs["cls_logits"], outputs["offsets"], outputs["fpn_masks"],
+            outputs["points"], [x.float() for x in outputs["cls_logits"]],
+            [x.float() for x in outputs["offsets"]], outputs["fpn_masks"],
             test_cfg.pre_nms_thresh, test_cfg.pre_nms_topk, test_cfg.duration_thresh)
         if not on_gpu:
             candidates = [{k: v.cpu() for k, v in c.items()} for c in candidates]
@@ -79,16 +89,77 @@ def nms_settings_summary(nms: NmsConfig) -> str:
             f"max {nms.max_seg_num} per video, backend {nms.backend}")
 
 
+class DatasetShard(Dataset):
+    """Videos ``[start, stop)`` of a :class:`PerceptionDataset` with the interface the inference
+    loader uses (items, ``grid_length``, ``prefill_cache`` of these videos only)."""
+
+    def __init__(self, dataset: PerceptionDataset, start: int, stop: int) -> None:
+        assert 0 <= start <= stop <= len(dataset), (start, stop, len(dataset))
+        self.dataset, self.start, self.stop = dataset, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        return self.dataset[self.start + int(index)]
+
+    def grid_length(self, index: int) -> int:
+        return self.dataset.grid_length(self.start + index)
+
+    def prefill_cache(self) -> None:
+        if self.dataset.use_cache:
+            for index in range(self.start, self.stop):
+                self.dataset.assemble(index)
+
+
+def shard_ranges(batch_sizes: Sequence[int], world_size: int) -> List[Tuple[int, int]]:
+    """Per process, the video range ``[start, stop)``: contiguous runs of whole inference batches
+    (``batch_sizes`` in dataset order) with about ``N / world_size`` videos each. A run that starts
+    at a batch boundary is grouped into the same batches as in one process (the length grouping
+    is a left-to-right scan), so the detections do not depend on the number of processes."""
+    ends = np.concatenate([[0], np.cumsum(np.asarray(batch_sizes, dtype=np.int64))])  # (nb + 1,)
+    total = int(ends[-1])
+    cuts = [0]
+    for r in range(1, world_size):
+        nearest = int(ends[np.argmin(np.abs(ends - total * r / world_size))])
+        cuts.append(max(nearest, cuts[-1]))
+    cuts.append(total)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 def predict_dataset(model: nn.Module, dataset: PerceptionDataset, cfg: Config, device: torch.device,
-                    raw_hook=None, show_progress: bool = True) -> List[dict]:
+                    *, amp: str, raw_hook=None, show_progress: bool = True) -> Optional[List[dict]]:
     """Detections (seconds) for every video of ``dataset``, in dataset order (``cfg.loader``
-    batching, ``cfg.test_cfg`` post-processing; inputs padded to the model's max_div_factor)."""
-    loader = make_loader(dataset, batch_size=cfg.loader.eval_batch_size,
+    batching, ``cfg.test_cfg`` post-processing; inputs padded to the model's max_div_factor;
+    ``amp`` as in :func:`predict`).
+
+    Under torch.distributed every process must call it: each predicts its :func:`shard_ranges`
+    share (``raw_hook`` runs where a video is predicted), rank 0 returns all detections and the
+    other ranks return None. The result equals a single-process run's.
+    """
+    distributed, (rank, world) = is_distributed(), rank_and_world()
+    max_div = unwrap_model(model).max_div_factor
+    part: Any = dataset
+    if distributed:
+        batches = length_grouped_batches(dataset, cfg.loader.eval_batch_size,
+                                         cfg.dataset.max_seq_len, max_div)
+        start, stop = shard_ranges([len(b) for b in batches], world)[rank]
+        part = DatasetShard(dataset, start, stop)
+        log.info("process %d of %d predicts videos %d-%d of %d", rank, world, start, stop - 1,
+                 len(dataset))
+    loader = make_loader(part, batch_size=cfg.loader.eval_batch_size,
                          num_workers=cfg.loader.num_workers, is_training=False, seed=cfg.seed,
-                         max_seq_len=cfg.dataset.max_seq_len,
-                         max_div_factor=unwrap_model(model).max_div_factor)
-    return predict(model, loader, cfg.test_cfg, device, raw_hook=raw_hook,
-                   show_progress=show_progress)
+                         max_seq_len=cfg.dataset.max_seq_len, max_div_factor=max_div)
+    detections = predict(model, loader, cfg.test_cfg, device, amp=amp, raw_hook=raw_hook,
+                         show_progress=show_progress and rank == 0)
+    if not distributed:
+        return detections
+    parts = gather_to_main(detections, "gathering the detections to rank 0")
+    if parts is None:
+        return None
+    merged = [d for p in parts for d in p]
+    assert [d["video_id"] for d in merged] == [v.video_id for v in dataset.videos]
+    return merged
 
 
 def score_detections(detections: List[dict], dataset: PerceptionDataset) -> MetricResult:

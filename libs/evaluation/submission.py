@@ -8,21 +8,24 @@ Format::
 Timestamps are seconds; ``label`` is the integer class id as a string; ``score`` is the string of
 the Python float of the float32 score (``repr``). Every video of the evaluated split appears (an
 empty list when nothing was detected), entries in descending score, at most ``max_seg_num``.
-On input, labels and scores may be strings or numbers.
+On input, labels and scores may be strings or numbers, and timestamps need not lie inside the
+video (a detector that does not clip; the challenge's evaluators score them as they are,
+docs/numerics.md s.8.6); reversed or non-finite timestamps are refused (docs/differences.md s.4.4).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from libs.common.io import read_json
 from libs.common.errors import UserError, format_problems
 from libs.common.io import atomic_write_text
+from libs.datasets.jsonfile import read_json_checked
 from libs.evaluation.events import Predictions, as_numpy
 
 
@@ -55,6 +58,23 @@ def detections_to_submission(detections: Iterable[Mapping[str, Any]], task: str,
         out[vid][task] = [{"label": str(int(labels[i])), "score": repr(float(scores[i])),
                            "timestamps": [float(segs[i, 0]), float(segs[i, 1])]} for i in order]
     return out
+
+
+def check_output_path(path: str, overwrite: bool) -> None:
+    """Refuse, before any work, an output file that cannot be written: an existing file (unless
+    ``overwrite``), a folder, or a parent path that is a file or not writable."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError(f"output path is a folder ({path}): expected a file name")
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"output file already exists ({path}): pass --overwrite to replace it")
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise UserError(f"cannot write output ({path}): {ancestor} is a file, expected a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write output ({path}): folder {ancestor} is not writable")
 
 
 def write_json(obj: Any, path: str, overwrite: bool = False) -> None:
@@ -131,8 +151,6 @@ def _entry(entry: Any, where: str, problems: List[str]) -> Optional[tuple]:
         start, end = float(ts[0]), float(ts[1])
         if not (math.isfinite(start) and math.isfinite(end)):
             problems.append(f"{where}: timestamps {ts!r} not finite, expected finite seconds")
-        elif start < 0 or end < 0:
-            problems.append(f"{where}: timestamps {ts!r} negative, expected seconds >= 0")
         elif start > end:
             problems.append(f"{where}: timestamps {ts!r} reversed, expected start <= end")
     if len(problems) > n_before:
@@ -140,24 +158,43 @@ def _entry(entry: Any, where: str, problems: List[str]) -> Optional[tuple]:
     return label, score, start, end
 
 
+@dataclass
+class SubmissionFile:
+    """A parsed submission: ``predictions`` (one row per entry, file order), ``video_ids`` (every
+    video of the file, also those without entries, file order), ``entries`` (entries per video),
+    ``duplicate_ids`` (video ids written more than once: as ``json`` does, the last copy is kept)."""
+    path: str
+    predictions: Predictions
+    video_ids: List[str]
+    entries: Dict[str, int]
+    duplicate_ids: List[str]
+
+
 def load_submission(path: str, task: str) -> Predictions:
     """Read and validate a submission file -> :class:`Predictions` (seconds, float64 scores).
 
     Every problem (naming the video id and entry index) is listed in one :class:`UserError`.
     """
-    return load_submission_with_ids(path, task)[0]
+    return read_submission(path, task).predictions
 
 
 def load_submission_with_ids(path: str, task: str) -> Tuple[Predictions, List[str]]:
     """:func:`load_submission` plus every video id of the file (also those with no entries)."""
+    sub = read_submission(path, task)
+    return sub.predictions, sub.video_ids
+
+
+def read_submission(path: str, task: str) -> SubmissionFile:
+    """Read and validate a submission file (all problems at once, naming video and entry)."""
     path = os.fspath(path)
-    data = read_json(path, "submission", f"a JSON file {{video_id: {{'{task}': [...]}}}}")
+    data, dups = read_json_checked(path, "submission", f"a JSON file {{video_id: {{'{task}': [...]}}}}")
     if not isinstance(data, dict):
         raise UserError(f"submission top level is a {type(data).__name__} ({path}): expected a "
                         f"mapping {{video_id: {{'{task}': [...]}}}}")
     problems: List[str] = []
     vids: List[str] = []
     rows: List[tuple] = []
+    entries_per_video: Dict[str, int] = {}
     for vid, value in data.items():
         if not isinstance(value, dict):
             problems.append(f"video '{vid}': is a {type(value).__name__}, expected a mapping "
@@ -171,6 +208,7 @@ def load_submission_with_ids(path: str, task: str) -> Tuple[Predictions, List[st
         if not isinstance(entries, list):
             problems.append(f"video '{vid}': '{task}' is a {type(entries).__name__}, expected a list")
             continue
+        entries_per_video[str(vid)] = len(entries)
         for i, entry in enumerate(entries):
             parsed = _entry(entry, f"video '{vid}' entry {i}", problems)
             if parsed is not None:
@@ -182,4 +220,6 @@ def load_submission_with_ids(path: str, task: str) -> Tuple[Predictions, List[st
     arr = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
     preds = Predictions(np.asarray(vids, dtype=str), arr[:, 2], arr[:, 3],
                         np.asarray([r[0] for r in rows], dtype=np.int64), arr[:, 1])
-    return preds, [str(v) for v in data]
+    return SubmissionFile(path=path, predictions=preds, video_ids=[str(v) for v in data],
+                          entries=entries_per_video,
+                          duplicate_ids=[d.key for d in dups if d.where == ()])

@@ -1,6 +1,7 @@
-"""Every bad input named by the Foundation issue ends a CLI with one line `error: ...` naming the
-file, key or video, exit status 2 and no traceback (docs/differences.md s.5.5). Each case breaks one thing in a
-tiny valid dataset and runs `train.py` on it."""
+"""Bad inputs end a real ``python train.py`` process with one line `error: ...` naming the file,
+key or video, exit status 2 and no traceback (docs/differences.md s.5.5). Each case breaks one
+thing in a tiny valid dataset. These few run the script as a subprocess (the real stderr and
+exit path); the full battery of malformed inputs runs in-process in tests/cli/test_bad_inputs_*.py."""
 from __future__ import annotations
 
 import json
@@ -35,47 +36,10 @@ def corrupt_feature(data):
     return vid
 
 
-def wrong_dim(data):
-    vid = _first(data)
-    np.save(Path(data["paths"]["video"], f"{vid}.npy"), np.zeros((5, 7), np.float32))
-    return vid
-
-
-def missing_feature(data):
-    vid = _first(data)
-    Path(data["paths"]["video"], f"{vid}.npy").unlink()
-    return vid
-
-
 def label_out_of_range(data):
     ann = _annotations(data)
     vid = _first(data)
     ann[vid]["sound_localisation"][0]["label_id"] = 99
-    _write_annotations(data, ann)
-    return vid
-
-
-def reversed_timestamps(data):
-    ann = _annotations(data)
-    vid = _first(data)
-    ev = ann[vid]["sound_localisation"][0]
-    ev["timestamps"] = ev["timestamps"][::-1]
-    _write_annotations(data, ann)
-    return vid
-
-
-def negative_timestamp(data):
-    ann = _annotations(data)
-    vid = _first(data)
-    ann[vid]["sound_localisation"][0]["timestamps"][0] = -5_000_000
-    _write_annotations(data, ann)
-    return vid
-
-
-def unknown_split(data):
-    ann = _annotations(data)
-    vid = _first(data)
-    ann[vid]["metadata"]["split"] = "training"
     _write_annotations(data, ann)
     return vid
 
@@ -85,16 +49,7 @@ def empty_annotation_file(data):
     return Path(data["annotation_file"]).name
 
 
-def missing_task_key(data):
-    ann = _annotations(data)
-    vid = _first(data)
-    del ann[vid]["sound_localisation"]
-    _write_annotations(data, ann)
-    return vid
-
-
-CASES = [corrupt_feature, wrong_dim, missing_feature, label_out_of_range, reversed_timestamps,
-         negative_timestamp, unknown_split, empty_annotation_file, missing_task_key]
+CASES = [corrupt_feature, label_out_of_range, empty_annotation_file]   # the others: the battery
 
 
 def _run_train(cfg_path):
@@ -121,9 +76,7 @@ def test_bad_data_is_one_line_error_naming_it(tmp_path, breaker):
 
 
 @pytest.mark.parametrize("key,value,needle", [
-    ("loader", {"batch_size": "abc"}, "'loader.batch_size'"),
     ("opt", {"learning_rat": 0.1}, "did you mean 'opt.learning_rate'?"),
-    ("dataset", {"trunc_thresh": 1.5}, "'dataset.trunc_thresh'"),
 ])
 def test_bad_config_is_one_line_error_naming_the_key(tmp_path, key, value, needle):
     data = write_tiny_dataset(str(tmp_path / "d"), num_classes=3)

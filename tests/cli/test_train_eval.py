@@ -239,11 +239,12 @@ def test_non_finite_loss_stops_with_video_ids_and_keeps_checkpoint(demo, tmp_pat
     ann = json.loads((data / "annotations.json").read_text())
     vid = sorted(k for k, v in ann.items() if v["metadata"]["split"] == "train")[0]
     feats = np.load(data / "features" / "beats" / f"{vid}.npy")
-    feats[5:9] = np.nan
+    feats[5:9] = 3e38   # finite: passes the up-front check, overflows in the model
     np.save(data / "features" / "beats" / f"{vid}.npy", feats)
     proc = subprocess.run(
         [sys.executable, "train.py", "configs/demo_tsl_train.yaml", "--resume",
-         str(exp / "epoch_001.pth.tar"), "--device", "cpu", "--no-progress", "--opt",
+         str(exp / "epoch_001.pth.tar"), "--device", "cpu", "--no-progress",
+         "--resume-override", "dataset.annotation_file", "dataset.modalities.*.path", "--opt",
          *tiny_opts({"data": data, "root": demo["root"]})],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
@@ -300,19 +301,33 @@ def test_save_raw_then_fuse_two_checkpoints(demo, tmp_path):
 
 
 def test_two_process_ddp_training_on_cpu(demo):
-    """torchrun with 2 CPU processes (gloo): one run folder, checkpoints written by rank 0."""
+    """torchrun with 2 CPU processes (gloo): one run folder, checkpoints written by rank 0;
+    2 processes x batch 1 x train.accum_steps 2 train like 1 process x batch 4 (DDP's average
+    of the summed loss, all-reduced on the last micro-batch only), and the validation each epoch
+    is split across the processes."""
+    # deterministic and far-moving: no stochastic depth, SGD at a large learning rate
+    same = {"model.droppath": 0.0, "opt.type": "SGD", "opt.learning_rate": 0.1,
+            "train.eval_freq": 1, "loader.eval_batch_size": 1}
+    ref = load(run_train(demo, "ddp_ref", **same) / "epoch_002.pth.tar")
     torchrun = Path(sys.executable).parent / "torchrun"
     proc = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", "train.py",
          "configs/demo_tsl_train.yaml", "--output", "ddp", "--device", "cpu", "--no-progress",
-         "--opt", *tiny_opts(demo, **{"loader.batch_size": 2})],
+         "--opt", *tiny_opts(demo, **same, **{"loader.batch_size": 1, "train.accum_steps": 2})],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     exp = demo["root"] / "ckpt" / "demo_tsl_train_ddp"
-    assert "(2 processes)" in (exp / "train.log").read_text()
+    log_text = (exp / "train.log").read_text()
+    assert "(2 processes), effective batch 4" in log_text
+    assert log_text.count("validation (EMA weights): average mAP") == 2
     ckpt = load(exp / "epoch_002.pth.tar")
     # 4 videos, 2 per process per step: one optimizer step per epoch
-    assert ckpt["global_step"] == 2
+    assert ckpt["global_step"] == ref["global_step"] == 2
+    for key in ("state_dict", "state_dict_ema"):
+        diff = max((ckpt[key][k] - ref[key][k]).abs().max().item() for k in ref[key])
+        assert diff < 1e-5, key
+    assert ckpt["loss_normalizer"]["value"] == pytest.approx(ref["loss_normalizer"]["value"])
+    assert ckpt["best_map"] == pytest.approx(ref["best_map"], abs=1e-6)
 
 
 def test_eval_with_external_class_scores(demo, tmp_path):
@@ -360,7 +375,7 @@ def test_original_config_trains_unchanged_and_logs_the_mapping(demo, caplog):
     assert "is an original-project config; mapped to this schema" in caplog.text
     cfg = load(demo["root"] / "ckpt" / "perception_tsl_multi_train_orig" / "epoch_001.pth.tar")["config"]
     assert cfg["dataset"]["time_grid"] == "stride" and cfg["dataset"]["fps"] == 768.0
-    assert cfg["train"]["ema_warmup"] is False
+    assert cfg["train"]["ema_warmup"] is True       # warm-up on for original configs too
 
 
 def test_eval_of_a_video_longer_than_the_point_buffers_is_a_user_error(demo, tmp_path):

@@ -155,7 +155,8 @@ def test_lenient_number_forms():
 def test_missing_required_keys():
     assert error({"dataset": {"modalities": MINIMAL["dataset"]["modalities"]}}) == (
         "missing config key 'dataset.annotation_file' (configs/x.yaml): Perception Test "
-        "annotation JSON (README: data layout)")
+        "annotation JSON, or a list of them merged by video id (e.g. the challenge's per-split "
+        "files; README: data layout)")
     assert error({"dataset": {"annotation_file": "a"}}) == (
         "missing config key 'dataset.modalities' (configs/x.yaml): feature families, channels "
         "concatenated in this order")

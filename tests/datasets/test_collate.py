@@ -107,7 +107,8 @@ def test_loader_with_workers_prefills_one_shared_cache(tmp_path):
     data = write_tiny_dataset(str(tmp_path / "d"))
     cfg = load_config(write_tiny_config(str(tmp_path / "c.yaml"), data))
     ds = PerceptionDataset.from_config(cfg, ["train"], is_training=False)
-    assert len(ds._cache) == 0
+    assert len(ds._cache) == len(ds)          # the up-front value check fills it (files read once)
+    ds._cache.clear()
     loader = make_loader(ds, batch_size=2, num_workers=1, is_training=False, seed=0,
                          max_seq_len=96, max_div_factor=96)
     assert len(ds._cache) == len(ds)          # filled before the worker starts

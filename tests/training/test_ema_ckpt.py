@@ -15,7 +15,7 @@ from libs.common.errors import UserError
 from libs.common import distributed as du
 from libs.common.io import _umask
 from libs.common.checkpoints import find_checkpoint, load_checkpoint, save_checkpoint
-from libs.training.run_dir import experiment_dir, prepare_experiment_dir
+from libs.training.run_dir import check_fresh_folder, claim_run_dir, experiment_dir
 from libs.training.ema import ModelEma
 from libs.common.logs import setup_logging
 from libs.training.tensorboard import TensorboardWriter
@@ -150,23 +150,28 @@ def test_find_checkpoint_rules(tmp_path):
     assert find_checkpoint(tmp_path).name == "epoch_100.pth.tar"
 
 
-def test_experiment_dir_and_prepare(tmp_path):
+def test_experiment_dir_and_claim(tmp_path):
     d = experiment_dir(tmp_path, "configs/demo_tsl_train.yaml", None)
     assert d.parent == tmp_path and d.name.startswith("demo_tsl_train_")
     assert " " not in d.name and ":" not in d.name and len(d.name) == len("demo_tsl_train_") + 15
     named = experiment_dir(tmp_path, "configs/a.yaml", "run 1:x")
     assert named == tmp_path / "a_run_1_x"
     assert not named.exists()
-    prepare_experiment_dir(named, resume=False)
-    assert named.is_dir()
-    prepare_experiment_dir(named, resume=False)  # an empty folder may be reused
+    with claim_run_dir(named) as claimed:
+        assert claimed.path == named and named.is_dir()
+    with claim_run_dir(named):   # an empty folder may be reused
+        pass
     (named / "epoch_005.pth.tar").write_bytes(b"x")
     with pytest.raises(UserError, match="--output"):
-        prepare_experiment_dir(named, resume=False)
-    assert prepare_experiment_dir(named, resume=True) == named
+        check_fresh_folder(named)
     nested = tmp_path / "x" / "y"
-    prepare_experiment_dir(nested, resume=False)
-    assert nested.is_dir()
+    with claim_run_dir(nested):
+        assert nested.is_dir()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile"):
+        claim_run_dir(tmp_path / "afile")
+    with pytest.raises(UserError, match="Not a directory"):
+        claim_run_dir(tmp_path / "afile" / "run")
 
 
 # ---------------------------------------------------------------- RNG

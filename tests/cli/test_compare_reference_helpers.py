@@ -1,0 +1,121 @@
+"""The helpers of benchmarks/compare_reference.py (the benchmark itself is not run by tests):
+the reference's data layout holds the same features and events as ours, the checkpoint
+conversion, the timing wrapper and the table's medians and ratios."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import compare_data as cd  # noqa: E402
+from compare_common import StopRun, TimedLoader, iteration_times  # noqa: E402
+from compare_report import Report  # noqa: E402
+from compare_run import SITE, ref_env  # noqa: E402
+from libs.config import load_config  # noqa: E402
+from libs.datasets import PerceptionDataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    d = cd.make_dataset(root / "data", num_train=6, num_valid=3, seed=0, min_duration=3.0,
+                        max_duration=5.0, log=lambda *_: None)
+    cfg = cd.write_configs(d, root / "run", num_train=4, width=128, seed=3)
+    return d, cfg
+
+
+def test_reference_layout_holds_our_features_and_events(data):
+    d, cfg = data
+    ours = load_config(cfg["ours"])
+    assert ours.seed == 3 and ours.model.embd_dim == 128 and ours.loader.batch_size == 16
+    ds = PerceptionDataset.from_config(ours, ["train", "valid"], is_training=False)
+    assert [v.video_id for v in ds.videos] == d["ids"]["train"][:4] + d["ids"]["valid"]
+    ref_cfg = yaml.safe_load(Path(cfg["ref"]).read_text())
+    assert ref_cfg["dataset_name"] == "anet" and ref_cfg["dataset"]["file_prefix"] is None
+    assert ref_cfg["model"] == yaml.safe_load(Path(cfg["ours"]).read_text())["model"]
+    db = json.loads(Path(ref_cfg["dataset"]["json_file"]).read_text())["database"]
+    for i, rec in enumerate(ds.videos):
+        entry = db[rec.video_id]
+        assert entry["subset"] == rec.split and entry["duration"] == pytest.approx(rec.duration)
+        seg = np.array([a["segment"] for a in entry["annotations"]]).reshape(-1, 2)
+        np.testing.assert_allclose(seg, rec.segments, rtol=0, atol=1e-9)
+        assert [a["label_id"] for a in entry["annotations"]] == list(rec.labels)
+        # what the reference's anet class computes from its file: (T, 1792) -> (1792, 192)
+        raw = np.load(Path(ref_cfg["dataset"]["feat_folder"]) / f"{rec.video_id}.npy")
+        theirs = F.interpolate(torch.from_numpy(raw.T.copy())[None], size=192, mode="linear",
+                               align_corners=False)[0]
+        torch.testing.assert_close(ds[i]["feats"], theirs, rtol=0, atol=1e-6)
+
+
+def test_ref_checkpoint_adds_the_dataparallel_prefix(tmp_path):
+    w = {"a.weight": torch.ones(2), "b": torch.zeros(1)}
+    torch.save({"epoch": 3, "state_dict": w, "state_dict_ema": {k: v + 1 for k, v in w.items()}},
+               tmp_path / "ours.pth.tar")
+    out = torch.load(cd.ref_checkpoint(tmp_path / "ours.pth.tar", tmp_path / "ref.pth.tar"))
+    assert out["epoch"] == 3 and set(out["state_dict"]) == {"module.a.weight", "module.b"}
+    assert torch.equal(out["state_dict_ema"]["module.b"], torch.ones(1))
+
+
+def test_timed_loader_times_iterations_and_stops():
+    stamps, state, calls = [], {}, []
+    loader = TimedLoader(range(10), stamps, limit=3, hooks={2: lambda: calls.append(len(stamps))},
+                         state=state)
+    seen = []
+    with pytest.raises(StopRun):
+        for batch in loader:
+            seen.append(batch)
+    assert seen == [0, 1, 2, 3] and len(stamps) == 4 and calls == [2]
+    assert state["first_batch_time"] > 0 and len(loader) == 10
+    assert iteration_times([0.0, 1.0, 3.0, 6.0], warmup=1) == [2.0, 3.0]
+
+
+def test_report_medians_and_ratios():
+    def train(times, pss, rss, first):
+        return {"iter_times": times, "peak_pss_tree": pss, "peak_rss_main": rss,
+                "launch_to_first_batch": first}
+    res = {"train512_400": {"ref": [train([2.0, 3.0], 2e9, 1e9, 4.0)], "ours": [train([1.0], 4e9, 2e9, 2.0)]},
+           "train128_400": {"ref": [train([0.6], 1e9, 1e9, 5.0)], "ours": [train([0.3], 1e9, 5e8, 1.0)]},
+           "eval": {"ref": [{"infer": 30.0, "metric": 30.0, "average_map": 0.25}],
+                    "ours": [{"infer": 10.0, "metric": 0.5, "average_map": 0.25}]},
+           "metric": {"ref": [{"metric": 20.0}], "ours": [{"metric": 0.1}]}}
+    rows = {r[0]: r[1:] for r in Report(res, [400], 300, 150_000).rows()}
+    assert rows["train width 512, s/iteration"] == ("2.500 s", "1.000 s", "2.50")
+    assert rows["train width 512, peak PSS (all processes)"] == ("2.00 GB", "4.00 GB", "0.50")
+    assert rows["launch -> first batch, 400 videos"][2] == "5.00"
+    assert rows["valid inference + NMS + metric, 300 videos"] == ("60.0 s", "10.5 s", "5.71")
+    assert rows["metric alone, 150,000 predictions"][2] == "200.00"
+    assert rows["valid average mAP (%), same weights, each side's metric"] == ("25.00", "25.00", "-")
+
+
+@pytest.mark.skipif(not (SITE / "actionformer").is_dir(),
+                    reason="reference not installed (python benchmarks/compare_reference.py)")
+def test_initial_weights_equal_the_reference(data):
+    """Same seed, same config: our freshly built model has the reference's weights exactly."""
+    from libs.common.seed import fix_random_seed
+    from libs.modeling import Detector
+    d, cfg = data
+    code = ("import sys, torch; from actionformer.core import load_config; "
+            "from actionformer.modeling import make_meta_arch; "
+            "from actionformer.utils import fix_random_seed; c = load_config(sys.argv[1]); "
+            "fix_random_seed(c['init_rand_seed']); "
+            "torch.save(make_meta_arch(c['model_name'], **c['model']).state_dict(), sys.argv[2])")
+    out = Path(cfg["ref"]).parent / "ref_init.pt"
+    subprocess.run([sys.executable, "-c", code, str(cfg["ref"]), str(out)], check=True, cwd="/",
+                   env=dict(ref_env(1, True), CUDA_VISIBLE_DEVICES=""))
+    theirs = torch.load(out)
+    ours_cfg = load_config(cfg["ours"])
+    fix_random_seed(ours_cfg.seed)
+    ours = Detector.from_config(ours_cfg).state_dict()
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert torch.equal(ours[k], theirs[k]), k

@@ -1,0 +1,31 @@
+"""Check a challenge submission before upload (the same as ``score_submission.py --check``).
+
+    python tools/check_submission.py ANNOTATIONS SUBMISSION --task T --split S
+        [--num-classes K] [--max-seg-num N] [--strict]
+
+Valid: every video of the split present and no other, the task key in every video, label ids in
+``[0, K)`` (default: the challenge's 12 sound / 63 action classes), finite scores, at most N
+entries per video (default ``test_cfg.nms.max_seg_num``), no video id twice, reversed or
+non-finite timestamps nowhere. Predictions outside their video are a warning (an error with
+``--strict``). Exit 0 and one summary line when valid; otherwise one ``error:`` line, exit 2.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import score_submission  # noqa: E402
+
+from libs.common.errors import run_cli  # noqa: E402
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return score_submission.main(argv, check_only=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)
