@@ -180,7 +180,7 @@ def main(argv: Optional[list] = None) -> int:
     print(metrics.format_table())
     report = metrics.to_dict(dataset.label_names)
     report.update({"checkpoint": str(ckpt_path), "epoch": epoch, "split": splits,
-                   "weights": "raw" if args.no_ema else "ema", "task": cfg.task})
+                   "weights": "raw" if args.no_ema else "ema", "amp": args.amp, "task": cfg.task})
     write_json(report, metrics_path, overwrite=args.overwrite)
     log.info("metrics: %s", metrics_path)
     if args.report:

@@ -25,8 +25,9 @@ count, A B A B interleaved, medians:
   (against the reference's fp32, which has no mixed precision); ``--profile``: a
   torch.profiler breakdown of a width-512 training iteration per side (``compare_common.py``).
 It prints the ratios (reference / ours: > 1 means ours is faster or smaller), then the table.
-About 15-20 minutes with ``--threads 1`` on the 2-core development machine (first run: plus
-~3 minutes of data and install). ``--quick``: a tiny smoke run (a few minutes).
+Measured: 15 minutes with ``--threads 1`` on the shared 2-core development machine; a first run
+adds about 1 minute for the install, 3 to 8 for the data and 3 for the evaluation checkpoint
+(all kept for later runs). ``--quick``: every step on tiny sizes, a smoke run (a few minutes).
 
 ``--accuracy`` (``compare_accuracy.py``): both implementations trained from scratch on the same
 data and config for several seeds; mean +- std of the average mAP.

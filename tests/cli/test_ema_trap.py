@@ -51,7 +51,8 @@ def train(original, name, *opts):
 def average_map(original, exp, *flags):
     out = exp / f"valid{'_'.join(flags)}.json"
     argv = [str(original["config"]), str(exp), "--split", "valid", "--device", "cpu",
-            "--no-progress", "--threads", "1", "--out", str(out), *flags, "--opt", *MODEL]
+            "--no-progress", "--threads", "1", "--out", str(out), *flags, "--opt", *MODEL,
+            "loader.num_workers=0"]
     assert eval_cli.main(argv) == 0
     return json.loads(Path(str(out.with_suffix("")) + "_metrics.json").read_text())["average_map"]
 

@@ -135,17 +135,22 @@ def test_a_process_that_raises_fails_the_job_at_once_with_its_error(run, tmp_pat
     proc = _torchrun("tests/evaluation/dist_fault_eval.py", args, 200, FAULT="raise", FAULT_RANK="1")
     elapsed = time.monotonic() - t0
     assert proc.returncode != 0
-    assert "RuntimeError: injected failure on rank 1" in proc.stderr
-    root_cause = proc.stderr.split("Root Cause (first observed failure)")[1]
-    assert "rank      : 1 (local_rank: 1)" in root_cause.split("=====")[0]
-    assert elapsed < 100                      # torchrun stops rank 0; no wait for the 120 s timeout
+    first = proc.stderr.index("RuntimeError: injected failure on rank 1")
+    # rank 0 is stopped by torchrun or, if its gather sees the closed connection first, fails
+    # with one line pointing at the error above (torchrun's "Root Cause" may then name either
+    # rank: both fail within the same second)
+    peer = proc.stderr.find("error: gathering the detections to rank 0 failed (process 0 of 2)")
+    assert peer == -1 or peer > first
+    assert elapsed < 100                      # no wait for the 120 s timeout
     assert not out.exists()
 
 
 @needs_dist
 def test_a_stalled_process_fails_the_job_within_the_timeout(run, tmp_path):
     out = tmp_path / "never.json"
-    args = _eval_args(run, out, opts=["train.dist_timeout=4"])
+    # 6 s: long enough for both processes to join the process group on a busy machine (the
+    # timeout bounds that rendezvous too), short for a test
+    args = _eval_args(run, out, opts=["train.dist_timeout=6"])
     t0 = time.monotonic()
     proc = _torchrun("tests/evaluation/dist_fault_eval.py", args, 200, FAULT="stall", FAULT_RANK="1")
     elapsed = time.monotonic() - t0
@@ -153,6 +158,6 @@ def test_a_stalled_process_fails_the_job_within_the_timeout(run, tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1, proc.stderr[-3000:]
     assert "gathering the detections to rank 0 failed (process 0 of 2)" in errors[0]
-    assert "train.dist_timeout (4 s)" in errors[0]
-    assert 4 <= elapsed < 4 + 90                # the stalled rank is stopped: no 10-minute hang
+    assert "train.dist_timeout (6 s)" in errors[0]
+    assert 6 <= elapsed < 6 + 90                # the stalled rank is stopped: no 10-minute hang
     assert not out.exists()
