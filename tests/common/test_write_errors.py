@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
-import subprocess
-import uuid
 
 import pytest
 import torch
@@ -16,21 +13,14 @@ from libs.common.checkpoints import load_checkpoint, save_checkpoint
 from libs.common.errors import UserError
 from libs.common.io import (atomic_write_text, check_output_file, check_output_folder, os_error_in,
                             stale_temp_files)
+from tmpfs import small_tmpfs
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 512 KiB tmpfs (root and mount(8) needed; skipped elsewhere)."""
-    mnt = tmp_path / f"tmpfs_{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
+    """A 512k tmpfs (skipped where it cannot be mounted)."""
+    with small_tmpfs(tmp_path, "512k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_checkpoint_is_one_line_and_keeps_the_old_file(small_disk):

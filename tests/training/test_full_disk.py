@@ -3,8 +3,6 @@ naming the checkpoint and "No space left on device", the earlier checkpoint inta
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import uuid
 
 import pytest
 
@@ -12,20 +10,14 @@ import train as train_cli
 from libs.common.errors import run_cli
 from libs.common.io import stale_temp_files
 from train_helpers import load, train_argv
+from tmpfs import small_tmpfs
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mnt = tmp_path / f"tmpfs_{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
+    """A 3m tmpfs (skipped where it cannot be mounted)."""
+    with small_tmpfs(tmp_path, "3m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_while_training(tiny_demo, small_disk, capsys):
