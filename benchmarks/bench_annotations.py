@@ -1,4 +1,4 @@
-"""Cost of reading annotation files strictly (libs/datasets/jsonfile.py) against plain json.loads.
+"""Cost of reading annotation files strictly (libs/common/jsonfile.py) against plain json.loads.
 
     python benchmarks/bench_annotations.py [--videos 5000] [--events 20] [--repeats 5]
 
@@ -20,7 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from libs.datasets.annotations import load_annotations  # noqa: E402
-from libs.datasets.jsonfile import read_json_checked  # noqa: E402
+from libs.common.jsonfile import read_json_checked  # noqa: E402
 
 
 def synthetic(videos: int, events: int) -> dict:

@@ -1,6 +1,4 @@
-"""File I/O helpers: atomic writes and JSON reading with one-line errors.
-
-Atomic file writes: every output (configs, checkpoints, submissions, metrics, raw candidates,
+"""Atomic file writes: every output (configs, checkpoints, submissions, metrics, raw candidates,
 packed features) is written to a temp file in the destination folder and renamed onto its path,
 so a crash never leaves a half-written file over a good one (docs/differences.md s.5.4).
 A failed write (no space left, a read-only or missing folder, a path through a file) is one
@@ -11,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 from libs.common.errors import UserError
 
@@ -144,23 +141,3 @@ def check_output_folder(folder: str | os.PathLike, what: str,
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {what} ({shown}): folder {probe} is not writable "
                         f"({os.strerror(errno.EACCES)})")
-
-
-def read_json(path: str | os.PathLike, what: str, expected: str) -> Any:
-    """Parse the JSON file at ``path``; a missing, unreadable or malformed file is one
-    :class:`UserError` naming ``what`` (e.g. 'submission'), the file and ``expected``."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{what} not found ({path}): expected {expected}")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {what} ({path}): {err}") from None
-    if not text.strip():
-        raise UserError(f"{what} is empty ({path}): expected {expected}")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{what} is not valid JSON ({path}): {err.msg} at line {err.lineno} "
-                        f"column {err.colno}") from None

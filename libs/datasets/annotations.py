@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from libs.common.errors import UserError, format_problems
-from libs.datasets.jsonfile import describe_where, read_json_checked
+from libs.common.jsonfile import describe_where, read_json_checked
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
-from libs.common.io import read_json
+from libs.common.jsonfile import read_json
 from libs.common.errors import UserError, format_problems
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from libs.common.io import read_json
+from libs.common.jsonfile import read_json
 from libs.common.errors import UserError, format_problems
 from libs.common.io import atomic_path
 from libs.evaluation.events import as_numpy

@@ -25,7 +25,7 @@ import numpy as np
 
 from libs.common.errors import UserError, format_problems
 from libs.common.io import atomic_write_text
-from libs.datasets.jsonfile import read_json_checked
+from libs.common.jsonfile import read_json_checked
 from libs.evaluation.events import Predictions, as_numpy
 
 

@@ -1,4 +1,5 @@
-"""Reading a user's JSON file strictly: UTF-8 only, and every key written twice in one object found.
+"""Reading a user's JSON file: UTF-8 only, one-line errors, and every key written twice in one
+object found (:func:`read_json_checked`; :func:`read_json` when repeated keys do not matter).
 
 ``json.load`` keeps the last of two equal keys without a word (a video id twice in an annotation
 file: the first copy's events vanish). :func:`read_json_checked` parses with an
@@ -114,3 +115,9 @@ def describe_where(where: Tuple[PathKey, ...]) -> str:
     for part in where:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+def read_json(path: str | os.PathLike, what: str, expected: str) -> Any:
+    """:func:`read_json_checked` for files where a repeated key is harmless (the last one wins,
+    as ``json.load`` does): external scores, raw-candidate meta."""
+    return read_json_checked(path, what, expected)[0]
