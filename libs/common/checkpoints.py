@@ -20,7 +20,7 @@ from libs.common.io import atomic_path
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
+EPOCH_FILE_RE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -78,7 +78,7 @@ def list_checkpoints(folder: PathLike) -> Dict[int, Path]:
     """``{epoch: path}`` of every ``epoch_<N>.pth.tar`` in ``folder`` (any number of digits)."""
     found: Dict[int, Path] = {}
     for p in Path(folder).iterdir():
-        match = _EPOCH_RE.match(p.name)
+        match = EPOCH_FILE_RE.match(p.name)
         if match and p.is_file():
             found.setdefault(int(match.group(1)), p)
     return dict(sorted(found.items()))

@@ -26,7 +26,7 @@ from libs.config.schema import Config, OptConfig
 from libs.config.spec import show_value
 from libs.training.checkpointing import Trainable, structure_problems
 from libs.training.run_dir import (BEST_NAME, Progress, RunFolder, check_fresh_folder,
-                                   check_resume_target, claim_run_dir, run_checkpoints)
+                                   check_resume_target, claim_run_dir, progress_of, run_checkpoints)
 from libs.training.scheduler import make_scheduler, num_epochs, warmup_epochs
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class ResumeSource:
 
     @property
     def progress(self) -> Progress:
-        return int(self.ckpt["epoch"]), int(self.ckpt.get("epoch_step", 0))
+        return progress_of(self.ckpt)
 
 
 def newest_resumable(folder: Path) -> Tuple[Optional[ResumeSource], List[str]]:

@@ -23,9 +23,9 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
-from libs.common.checkpoints import PathLike, list_checkpoints, load_checkpoint
+from libs.common.checkpoints import EPOCH_FILE_RE, PathLike, list_checkpoints, load_checkpoint
 from libs.common.errors import UserError
 from libs.common.io import check_output_folder, describe_os_error, remove_stale_temp_files
 
@@ -63,10 +63,14 @@ def checkpoint_progress(path: PathLike) -> Progress:
     """``(epoch, epoch_step)`` of a training checkpoint: from the name of ``epoch_NNN.pth.tar``,
     else read from the file (memory-mapped: only the small values are read)."""
     path = Path(path)
-    match = re.match(r"^epoch_(\d+)\.pth\.tar$", path.name)
+    match = EPOCH_FILE_RE.match(path.name)
     if match:
         return int(match.group(1)), 0
-    ckpt = load_checkpoint(path, mmap=True)
+    return progress_of(load_checkpoint(path, mmap=True))
+
+
+def progress_of(ckpt: Mapping[str, Any]) -> Progress:
+    """``(epochs completed, steps into the next epoch)`` recorded in a training checkpoint."""
     return int(ckpt.get("epoch", 0)), int(ckpt.get("epoch_step", 0))
 
 
