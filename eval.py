@@ -32,13 +32,16 @@ from libs.common.threads import add_threads_arg, apply_threads
 from libs.common.seed import fix_random_seed
 from libs.config import add_config_args, load_config
 from libs.config.compare import with_architecture_of
+from libs.config.tasks import TaskLayout, task_test_cfg
 from libs.datasets import PerceptionDataset
+from libs.datasets.task_annotations import task_records
 from libs.evaluation.ext_scores import apply_ext_scores, check_ext_coverage, load_ext_scores
 from libs.evaluation.predict import nms_settings_summary, predict_dataset, score_detections
 from libs.evaluation.report import write_report
 from libs.evaluation.report.output import check_report_dir
 from libs.evaluation.raw_candidates import prepare_raw_dir, raw_candidate_hook, write_raw_meta
-from libs.evaluation.submission import detections_to_submission, write_json
+from libs.evaluation.submission import detections_to_task_submission, write_json
+from libs.evaluation.task_metrics import task_detections
 from libs.interop.original_checkpoint import convert_original_checkpoint, is_original_checkpoint
 from libs.modeling import Detector
 from libs.modeling.detector import checkpoint_config, count_parameters, load_weights
@@ -113,7 +116,10 @@ def main(argv: Optional[list] = None) -> int:
         if args.saveonly:
             raise UserError("--report with --saveonly (command line): a report needs ground truth; "
                             "drop one of them")
-        check_report_dir(args.report, args.overwrite)   # before predicting: fail fast
+        several = len(cfg.derived.tasks) > 1     # several tasks: DIR/<task>/ per task
+        for task in cfg.derived.tasks:            # before predicting: fail fast
+            check_report_dir(str(Path(args.report) / task) if several else args.report,
+                             args.overwrite)
     for target in targets:   # every output writable before predicting (a file in the way, EACCES)
         check_output_file(target, "result file")
     if args.save_raw:
@@ -143,8 +149,10 @@ def main(argv: Optional[list] = None) -> int:
     ext = load_ext_scores(ext_file, cfg.dataset.num_classes) if ext_file else None
     if ext is not None:  # checked before predicting: a bad file fails fast
         check_ext_coverage(ext, [v.video_id for v in dataset.videos], source=ext_file)
-    log.info("%d videos of split %s; %s", len(dataset), "+".join(splits),
-             nms_settings_summary(cfg.test_cfg.nms))
+    for task in cfg.derived.tasks:
+        log.info("%d videos of split %s; %s%s", len(dataset), "+".join(splits),
+                 f"{task}: " if len(cfg.derived.tasks) > 1 else "",
+                 nms_settings_summary(task_test_cfg(cfg, task).nms))
 
     # ---------------------------------------------------------------- predict, write, score
     raw_hook = None
@@ -158,36 +166,44 @@ def main(argv: Optional[list] = None) -> int:
     if detections is None:   # torchrun, rank > 0: rank 0 has the detections and writes everything
         cleanup()
         return 0
+    layout = TaskLayout.from_config(cfg)
     if args.save_raw:  # meta last: an interrupted run is caught when the folder is loaded
         write_raw_meta(args.save_raw, {
-            "task": cfg.task, "split": "+".join(splits), "num_classes": cfg.dataset.num_classes,
-            "checkpoint": str(ckpt_path), "epoch": epoch, "test_cfg": cfg.to_dict()["test_cfg"],
-            "video_ids": [d["video_id"] for d in detections]})
+            "split": "+".join(splits), "checkpoint": str(ckpt_path), "epoch": epoch,
+            "test_cfg": cfg.to_dict()["test_cfg"],
+            "video_ids": [d["video_id"] for d in detections]}, layout)
         log.info("pre-NMS candidates: %s", args.save_raw)
     if ext is not None:
         detections = apply_ext_scores(detections, ext, cfg.test_cfg.ext_score_topk,
                                       cfg.test_cfg.ext_score_num_pred)
         log.info("combined detections with external class scores from %s", ext_file)
-    submission = detections_to_submission(detections, cfg.task, [v.video_id for v in dataset.videos],
-                                          cfg.test_cfg.nms.max_seg_num)
+    submission = detections_to_task_submission(
+        detections, layout, [v.video_id for v in dataset.videos],
+        [task_test_cfg(cfg, t).nms.max_seg_num for t in layout.tasks])
     write_json(submission, results_path, overwrite=args.overwrite)
-    log.info("submission: %s (%d videos, %d detections)", results_path, len(submission),
-             sum(len(v[cfg.task]) for v in submission.values()))
+    log.info("submission: %s (%d videos, detections: %s)", results_path, len(submission),
+             ", ".join(f"{t} {sum(len(v[t]) for v in submission.values())}" for t in layout.tasks))
     if args.saveonly:
         cleanup()
         return 0
     metrics = score_detections(detections, dataset)
     print(metrics.format_table())
-    report = metrics.to_dict(dataset.label_names)
+    report = (metrics.to_dict(dataset.task_label_names) if layout.multi
+              else metrics.to_dict(dataset.label_names))
     report.update({"checkpoint": str(ckpt_path), "epoch": epoch, "split": splits,
-                   "weights": "raw" if args.no_ema else "ema", "amp": args.amp, "task": cfg.task})
+                   "weights": "raw" if args.no_ema else "ema", "amp": args.amp,
+                   "task": list(layout.tasks) if layout.multi else cfg.task})
     write_json(report, metrics_path, overwrite=args.overwrite)
     log.info("metrics: %s", metrics_path)
     if args.report:
-        write_report(args.report, dataset.videos, detections, dataset.label_names, cfg.task,
-                     overwrite=args.overwrite, meta={"checkpoint": str(ckpt_path), "epoch": epoch,
-                                                     "split": "+".join(splits)})
-        log.info("report: %s", Path(args.report) / "index.html")
+        meta = {"checkpoint": str(ckpt_path), "epoch": epoch, "split": "+".join(splits)}
+        for task in layout.tasks:   # several tasks: one report per task, in DIR/<task>/
+            out = Path(args.report) / task if layout.multi else Path(args.report)
+            records = task_records(dataset.videos, layout, task)
+            dets = task_detections(detections, layout, task, [v.video_id for v in records])
+            write_report(str(out), records, dets, dataset.task_label_names[task], task,
+                         overwrite=args.overwrite, meta=meta)
+            log.info("report: %s", out / "index.html")
     cleanup()
     return 0
 

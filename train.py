@@ -29,13 +29,12 @@ from libs.datasets import PerceptionDataset, make_loader, set_loader_epoch
 from libs.datasets.loader import skip_loader_batches
 from libs.modeling import Detector
 from libs.modeling.detector import count_parameters
-from libs.modeling.losses import LossNormalizer
 from libs.training.checkpointing import (Trainable, check_resumable, check_states, restore,
                                          save_epoch_checkpoints, stop_for_requeue,
                                          training_checkpoint)
 from libs.training.ema import ModelEma, warn_if_ema_immature
-from libs.training.loop import (make_grad_scaler, prepare_model, steps_per_epoch, train_one_epoch,
-                                 validate)
+from libs.training.loop import (make_grad_scaler, make_normalizer, prepare_model, steps_per_epoch,
+                                 train_one_epoch, validate)
 from libs.training.optim import make_optimizer
 from libs.training.resume import (OVERRIDABLE_KEYS, check_config_changes, claim_for_run,
                                   find_resume, rebuild_schedule, repair_run_folder)
@@ -121,8 +120,7 @@ def train(args: argparse.Namespace, on_exit: contextlib.ExitStack) -> int:
     run = Trainable(model=model, ema=ModelEma(model, decay=cfg.train.ema_decay,
                                             warmup=cfg.train.ema_warmup),
                   optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg.opt, steps),
-                  normalizer=LossNormalizer(cfg.train_cfg.init_loss_norm,
-                                            cfg.train_cfg.loss_norm_momentum), scaler=scaler)
+                  normalizer=make_normalizer(cfg), scaler=scaler)
     max_epochs = num_epochs(cfg.opt)
     schedule_note = None
     if resume is not None:   # every state is checked against this model before any is loaded

@@ -4,7 +4,8 @@
 Jobs (``kind``):
 - ``train``: ``train.py``'s ``main`` on the original-layout config (``--opt`` extras such as
   ``train.amp=bf16``), with ``train_one_epoch`` wrapped to time iterations (``limit`` set: stop
-  after that many; unset: train to the end, for ``--accuracy``).
+  after that many; unset: train to the end, for ``--accuracy``); the training set's
+  ``feature cache: ...`` log line and its size are kept (``cache``, ``cache_bytes``).
 - ``eval``: what ``eval.py`` does for the metric (model from the checkpoint, the config's
   validation split, ``predict_dataset``, ``score_detections``); inference + NMS (dataset
   construction included) and the metric timed apart; detections saved for the caller.
@@ -13,7 +14,9 @@ Jobs (``kind``):
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import statistics
 import sys
 import time
@@ -29,6 +32,22 @@ from compare_common import (Breakdown, StopRun, TimedLoader, iteration_times,  #
                             peak_rss_self, profile_hooks, write_result)
 
 
+class CacheLine(logging.Handler):
+    """Keeps the training set's ``feature cache: ...`` log line (the first one: the training
+    split's; validation builds its own) and its size in bytes."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.line, self.nbytes = None, None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if self.line is None and msg.startswith("feature cache: "):
+            self.line = msg
+            mib = re.search(r", ([0-9.]+) MiB of ", msg)
+            self.nbytes = float(mib.group(1)) * 2 ** 20 if mib else None
+
+
 def train(job: dict) -> dict:
     import train as train_cli
     import libs.training.loop as loop
@@ -37,6 +56,8 @@ def train(job: dict) -> dict:
     stamps: list = []
     state: dict = {}
     prof: dict = {}
+    cache = CacheLine()
+    logging.getLogger("libs.datasets").addHandler(cache)
 
     def timed_epoch(model, loader, *args, **kwargs):
         if "hooks" not in state:   # once per run (an epoch can be shorter than the measurement)
@@ -58,7 +79,8 @@ def train(job: dict) -> dict:
     except StopRun:
         pass
     return {"iter_times": iteration_times(stamps, job["warmup"]), "profile": prof,
-            "first_batch_time": state.get("first_batch_time")}
+            "first_batch_time": state.get("first_batch_time"), "cache": cache.line,
+            "cache_bytes": cache.nbytes}
 
 
 def evaluate(job: dict) -> dict:

@@ -87,6 +87,10 @@ class Report:
                              [(self.each(f"train128_{n}", "ref", "launch_to_first_batch"),
                                self.each(f"train128_{n}", "ours", "launch_to_first_batch"))
                               for n in sz], "s"))
+        if any(self.each(f"train128_{n}", "ours", "cache_bytes") is not None for n in sz):
+            out.append(self._row(f"ours: feature cache capacity (filled in epoch 1), {sizes} "
+                                 "videos", [(None, self.each(f"train128_{n}", "ours", "cache_bytes"))
+                                            for n in sz], "GB", ratio=False))
         inf = [(self.each("eval", "ref", "infer"), self.each("eval", "ours", "infer"))]
         tot = [(_sum(self.runs("eval", "ref")), _sum(self.runs("eval", "ours")))]
         out.append(self._row(f"valid inference + NMS, {self.valid:,} videos", inf, "s"))
@@ -106,6 +110,9 @@ class Report:
             out.append(self._row(f"valid inference + NMS, {self.valid:,} videos: ours --amp bf16",
                                  [(self.each("eval", "ref", "infer"),
                                    self.each("eval", "ours_bf16", "infer"))], "s"))
+            out.append(self._row(f"valid inference + NMS + metric, {self.valid:,} videos: ours "
+                                 f"--amp bf16", [(_sum(self.runs("eval", "ref")),
+                                                  _sum(self.runs("eval", "ours_bf16")))], "s"))
             out.append(self._row("valid average mAP (%): ours --amp bf16",
                                  [(self.each("eval", "ref", "average_map"),
                                    self.each("eval", "ours_bf16", "average_map"))], "%",

@@ -143,3 +143,28 @@ def write_tiny_config(path: str, data: Mapping[str, Any], task: str = "sound_loc
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(tiny_config_dict(data, task, overrides), f, sort_keys=False)
     return str(path)
+
+
+def write_challenge_task_files(annotation_file: str, out_dir: str,
+                               tasks: Sequence[str] = TASKS) -> Dict[str, Dict[str, str]]:
+    """Split a both-lists annotation file (e.g. :func:`write_tiny_dataset`'s) into the challenge
+    layout: ``challenge_<task>_<split>.json`` per task and split, each video with its metadata and
+    that task's list only (other keys dropped). Returns ``{task: {split: path}}``."""
+    with open(annotation_file, encoding="utf-8") as f:
+        ann = json.load(f)
+    os.makedirs(out_dir, exist_ok=True)
+    out: Dict[str, Dict[str, str]] = {}
+    for task in tasks:
+        by_split: Dict[str, Dict[str, Any]] = {}
+        for vid, entry in ann.items():
+            one = {"metadata": copy.deepcopy(entry["metadata"])}
+            if task in entry:
+                one[task] = copy.deepcopy(entry[task])
+            by_split.setdefault(entry["metadata"]["split"], {})[vid] = one
+        out[task] = {}
+        for split, videos in by_split.items():
+            path = os.path.join(out_dir, f"challenge_{task}_{split}.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(videos, f)
+            out[task][split] = path
+    return out

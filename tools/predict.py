@@ -45,12 +45,14 @@ from libs.common.errors import UserError, format_problems, run_cli  # noqa: E402
 from libs.common.logs import setup_logging  # noqa: E402
 from libs.common.threads import add_threads_arg, apply_threads  # noqa: E402
 from libs.config import add_config_args  # noqa: E402
+from libs.config.tasks import TaskLayout, task_test_cfg  # noqa: E402
 from libs.datasets.newvideos import (FEATURE_KINDS, durations_from_rows, feature_rows,  # noqa: E402
                                      list_feature_videos, new_video_set, read_durations_csv)
 from libs.datasets.perception import PerceptionDataset  # noqa: E402
 from libs.evaluation.localiser import Localiser  # noqa: E402
 from libs.evaluation.predict import nms_settings_summary, predict_dataset  # noqa: E402
-from libs.evaluation.submission import check_output_path, detections_to_submission, write_json  # noqa: E402
+from libs.evaluation.submission import (check_output_path, detections_to_task_submission,  # noqa: E402
+                                        write_json)
 
 log = logging.getLogger("predict")
 
@@ -177,11 +179,14 @@ def main(argv: Optional[list] = None) -> int:
              float(durations.max()), nms_settings_summary(cfg.test_cfg.nms))
     detections = predict_dataset(loc.model, dataset, cfg, loc.device, amp=loc.amp,
                                  show_progress=not args.no_progress)
-    submission = detections_to_submission(detections, cfg.task, videos, cfg.test_cfg.nms.max_seg_num)
+    layout = TaskLayout.from_config(cfg)
+    submission = detections_to_task_submission(
+        detections, layout, videos, [task_test_cfg(cfg, t).nms.max_seg_num for t in layout.tasks])
     write_json(submission, out, overwrite=args.overwrite)
-    n = sum(len(v[cfg.task]) for v in submission.values())
-    print(f"wrote {out}: {len(submission)} videos, {n} detections ({cfg.task}, "
-          f"{os.path.basename(str(ckpt_path))} epoch {loc.epoch})")
+    counts = ", ".join(f"{sum(len(v[t]) for v in submission.values())} detections ({t})"
+                       for t in layout.tasks)
+    print(f"wrote {out}: {len(submission)} videos, {counts}, "
+          f"{os.path.basename(str(ckpt_path))} epoch {loc.epoch}")
     return 0
 
 

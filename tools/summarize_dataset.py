@@ -38,7 +38,8 @@ def summarize(dataset: PerceptionDataset, policy: str = "error") -> List[str]:
     vids = [v.video_id for v in dataset.videos]
     durations = np.array([v.duration for v in dataset.videos], dtype=np.float64)   # (V,)
     lines = [f"annotation file(s): {dataset.annotation_source}",
-             f"task: {dataset.task}   split(s): {', '.join(dataset.splits)}   classes: {dataset.num_classes}",
+             f"task: {' + '.join(dataset.tasks)}   split(s): {', '.join(dataset.splits)}   "
+             f"classes: {' + '.join(str(n) for n in dataset.task_num_classes)}",
              f"videos: {len(vids)}   duration s (min / median / max): {_range(durations, '{:.2f}')}",
              "modalities (T = rows per video, min / median / max):"]
     for i, src in enumerate(dataset.sources):
@@ -57,7 +58,10 @@ def summarize(dataset: PerceptionDataset, policy: str = "error") -> List[str]:
                          f"(e.g. {next(iter(bad))}); dataset.on_nonfinite '{policy}' {what}")
     labels = np.concatenate([v.labels for v in dataset.videos]) if vids else np.zeros(0, np.int64)
     counts = np.bincount(labels, minlength=dataset.num_classes)                   # (K,)
-    lines.append(f"events: {int(counts.sum())} ({dataset.task})")
+    lines.append(f"events: {int(counts.sum())} ({' + '.join(dataset.tasks)}; several tasks: ids "
+                 f"of the joint label space, task after task)")
+    if len(dataset.tasks) == 1:
+        lines[-1] = f"events: {int(counts.sum())} ({dataset.tasks[0]})"
     lines.append(f"  {'id':>4}  {'count':>6}  name")
     for cid, n in enumerate(counts):
         lines.append(f"  {cid:>4}  {int(n):>6}  {dataset.label_names.get(cid, '?')}")
@@ -77,6 +81,7 @@ def main(argv: Optional[list] = None) -> int:
     counting = dataclasses.replace(cfg.dataset, on_nonfinite="zero")   # count, do not stop
     dataset = PerceptionDataset(counting, task=cfg.task, seed=cfg.seed, splits=splits,
                                 is_training=False)
+    dataset.check_values()   # every value now (training and evaluation check at first read)
     print("\n".join(summarize(dataset, cfg.dataset.on_nonfinite)))
     return 0
 

@@ -43,13 +43,63 @@ def input_groups(modalities: Sequence[Mapping[str, Any]], backbone: str,
     return modal, list(proj_dims)
 
 
+def task_list(task: Any) -> List[str]:
+    """``task`` (one name or a list of names) as a list."""
+    return [task] if isinstance(task, str) else list(task)
+
+
 def compute_derived(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     """The ``derived`` section of a checked config (see ``libs.config.schema.Derived``)."""
     mods, model = cfg["dataset"]["modalities"], cfg["model"]
     dims = [m["dim"] * m["rows_per_step"] for m in mods]
     groups, proj = input_groups(mods, model["backbone"], model["proj_dims"])
+    tasks = task_list(cfg["task"])
+    n = cfg["dataset"]["num_classes"]
+    counts = [n[t] for t in tasks] if isinstance(n, dict) else [n]
+    offsets = [sum(counts[:i]) for i in range(len(counts))]
     return {"input_dims": dims, "input_dim": sum(dims), "input_groups": groups,
-            "group_proj_dims": proj, "max_div_factor": max(_level_factors(model))}
+            "group_proj_dims": proj, "max_div_factor": max(_level_factors(model)),
+            "tasks": tasks, "task_num_classes": counts, "class_offsets": offsets,
+            "num_classes": sum(counts)}
+
+
+def _task_key_problems(cfg: Mapping[str, Any], err) -> None:
+    """Per-task keys against the task list (see the schema's per-task convention)."""
+    tasks = task_list(cfg["task"])
+    if len(set(tasks)) < len(tasks):
+        err("task", f"expected each task once, got {show_value(tasks)}")
+    ds = cfg["dataset"]
+    per_task = [("dataset.num_classes", ds["num_classes"]),
+                ("train_cfg.task_loss_weight", cfg["train_cfg"]["task_loss_weight"]),
+                ("train_cfg.cls_prior_prob", cfg["train_cfg"]["cls_prior_prob"]),
+                ("test_cfg.per_task", cfg["test_cfg"]["per_task"] or {})]
+    for name, value in per_task:
+        if not isinstance(value, dict):
+            continue
+        missing = [t for t in tasks if t not in value]
+        extra = [t for t in value if t not in tasks]
+        if extra:
+            err(name, f"{show_value(extra)} not listed in 'task' ({show_value(tasks)}): expected "
+                f"keys among the listed tasks")
+        if missing and name != "test_cfg.per_task":
+            err(name, f"no value for task(s) {show_value(missing)}: expected one number, or a "
+                f"mapping naming every task of 'task'")
+    if isinstance(ds["num_classes"], dict) and len(tasks) == 1:
+        err("dataset.num_classes", f"expected an int with one task ({show_value(tasks[0])}), got "
+            f"{show_value(ds['num_classes'])}")
+    elif not isinstance(ds["num_classes"], dict) and len(tasks) > 1:
+        err("dataset.num_classes", f"expected a mapping {{task: count}} for the tasks "
+            f"{show_value(tasks)}, got {show_value(ds['num_classes'])}")
+    test = cfg["test_cfg"]
+    if len(tasks) > 1 and test["ext_score_file"] is not None:
+        err("test_cfg.ext_score_file", "external class scores work with one task: expected null "
+            f"with the tasks {show_value(tasks)}")
+    if len(tasks) > 1 and cfg["train"]["accum_steps"] > 1:
+        err("train.accum_steps", f"expected 1 with several tasks (each task's loss normaliser "
+            f"would need its own gradient correction), got {cfg['train']['accum_steps']}")
+    if cfg["model"]["modality_dropout"] > 0 and len(ds["modalities"]) < 2:
+        err("model.modality_dropout", f"needs 2 or more modalities: expected 0 with one "
+            f"modality, got {cfg['model']['modality_dropout']}")
 
 
 def check_cross_fields(cfg: dict, source: str) -> List[str]:
@@ -130,10 +180,13 @@ def check_cross_fields(cfg: dict, source: str) -> List[str]:
         err("train.accum_steps", f"expected 1 with train_cfg.loss_weight <= 0 (the balanced "
             f"regression weight depends on the whole batch), got {cfg['train']['accum_steps']}; "
             f"set train_cfg.loss_weight > 0 or accumulate nothing")
-    bad_empty = [c for c in cfg["train_cfg"]["head_empty_cls"] if c >= ds["num_classes"]]
+    _task_key_problems(cfg, err)
+    n = ds["num_classes"]
+    total = sum(n.values()) if isinstance(n, dict) else n
+    bad_empty = [c for c in cfg["train_cfg"]["head_empty_cls"] if c >= total]
     if bad_empty:
         err("train_cfg.head_empty_cls", f"expected class ids below dataset.num_classes "
-            f"({ds['num_classes']}), got {bad_empty}")
+            f"({total}{' in all' if isinstance(n, dict) else ''}), got {bad_empty}")
     if len(wins) == n_levels:
         factors = _level_factors(model)
         bad = [f for f in [max(factors)] + factors if ds["max_seq_len"] % f]

@@ -1,7 +1,7 @@
 """Comparing two configs' architectures: resuming a run, and evaluating a checkpoint with a YAML.
 
-The architecture is what a model's weights depend on or were trained with: every ``model`` key,
-``dataset.num_classes``, ``dataset.max_seq_len`` and the input channel groups the modalities give
+The architecture is what a model's weights depend on or were trained with: the task(s) (one head
+per task), every ``model`` key, ``dataset.num_classes``, ``dataset.max_seq_len`` and the input channel groups the modalities give
 (``derived.input_groups``).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from libs.config.spec import show_value
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURE_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)) + (
+ARCHITECTURE_KEYS = ("task",) + tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)) + (
     "dataset.num_classes", "dataset.max_seq_len")
 
 

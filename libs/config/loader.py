@@ -97,6 +97,9 @@ def resolve_config(raw: Any, source: str, opts: Optional[Sequence[str]] = ()) ->
     raise_if(errs, source)
     errs.extend(check_cross_fields(cfg, source))
     raise_if(errs, source)
+    for task, overlay in (cfg["test_cfg"]["per_task"] or {}).items():
+        task_test_section(cfg["test_cfg"], overlay, f"test_cfg.per_task.{task}", source, errs)
+    raise_if(errs, source)
     derived = compute_derived(cfg)
     errs.extend(_check_given_derived(raw.get("derived"), derived, source))
     raise_if(errs, source)
@@ -116,6 +119,32 @@ def resolve_section(dotted: str, raw: Mapping[str, Any], source: str) -> Any:
     values = _resolve_section(spec, _plain(dict(raw)), dotted, source, errs)
     raise_if(errs, source)
     return _build(cls, values)
+
+
+# test_cfg keys a task may not set for itself (they hold for the whole run)
+NOT_PER_TASK = ("per_task", "ext_score_file", "ext_score_topk", "ext_score_num_pred")
+
+
+def task_test_section(shared: Mapping[str, Any], overlay: Any, name: str, source: str,
+                      errs: List[str]) -> Optional[dict]:
+    """The checked ``test_cfg`` of one task: ``shared`` (a checked test_cfg dict) overlaid with
+    ``overlay`` (``test_cfg.per_task.<task>``); problems are appended to ``errs``."""
+    spec = {k: v for k, v in SCHEMA["test_cfg"].items() if k not in NOT_PER_TASK}
+    if not isinstance(overlay, dict):
+        errs.append(f"wrong type for config key '{name}' ({source}): expected a mapping of "
+                    f"test_cfg keys ({', '.join(spec)}), got {show_value(overlay)}")
+        return None
+    merged = {k: v for k, v in _plain(dict(shared)).items() if k in spec}
+    for k, v in overlay.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = v
+    bad = [k for k in overlay if k in NOT_PER_TASK]
+    errs.extend(f"config key '{name}.{k}' ({source}): holds for every task, expected it in "
+                f"test_cfg only" for k in bad)
+    merged = {k: v for k, v in merged.items() if k not in NOT_PER_TASK}
+    return _resolve_section(spec, merged, name, source, errs)
 
 
 def config_to_yaml(cfg: Config) -> str:

@@ -11,6 +11,8 @@ Conventions:
   ints; ``Tuple[X, ...]`` is a YAML list of X; ``Optional[X]`` allows ``null``); ``required``
   means the user must set it (the default ``None`` is never used).
 - Times: ``seconds`` at the edges, ``grid cells`` inside the model.
+- Per-task keys (``Union[X, Dict[str, X]]``): one X, or with several tasks a mapping
+  ``{task: X}`` naming exactly the tasks of ``task`` (``libs/config/tasks.py`` reads them).
 - Section names follow the original ActionFormer / Perception Test configs (``dataset``,
   ``loader``, ``model``, ``train_cfg``, ``test_cfg``, ``opt``) plus ``train`` for the loop;
   ``test_cfg.nms`` holds the arguments of ``libs.ops.nms.batched_nms`` under their own names.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, FrozenSet, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, Optional, Tuple, Union
 
 TASKS = ("sound_localisation", "action_localisation")
 NMS_METHODS = ("hard", "linear", "gaussian")
@@ -77,15 +79,20 @@ class DatasetConfig:
                                        min_length=1)
     val_split: Tuple[str, ...] = key(("valid",), "splits evaluated by eval.py (unless --split) and "
                                                  "by validation during training", min_length=1)
-    num_classes: int = key(12, "number of classes; label ids must lie in [0, num_classes)", min=1)
+    num_classes: Union[int, Dict[str, int]] = key(
+        12, "number of classes; label ids must lie in [0, num_classes); with several tasks a "
+            "mapping {task: count} naming every task", min=1)
+    allow_missing_task: bool = key(False, "several tasks: a non-test video without one task's "
+                                          "event list is kept and that task gives no loss for it "
+                                          "(false: an error naming the video)")
     modalities: Tuple[ModalityConfig, ...] = key(
         (), "feature families, channels concatenated in this order", required=True, min_length=1)
     on_missing: str = key("error", "a missing/unreadable feature file: 'error' (listed up front) or "
                                    "'zeros' (filled with zeros and counted in the log)",
                           choices=("error", "zeros"))
-    on_nonfinite: str = key("error", "NaN/inf values in a feature file: 'error' (found up front, "
-                                     "listed with the count of bad rows) or 'zero' (replaced by 0 "
-                                     "and counted in the log)", choices=("error", "zero"))
+    on_nonfinite: str = key("error", "NaN/inf values in a feature file: 'error' (found at the "
+                                     "video's first read, named with the count of bad rows) or "
+                                     "'zero' (replaced by 0 and logged)", choices=("error", "zero"))
     time_grid: str = key("duration", "seconds <-> grid cells mapping: 'duration' (features span the "
                                      "video) or 'stride' (the original's fps/feat_stride arithmetic)",
                          choices=("duration", "stride"))
@@ -105,7 +112,16 @@ class DatasetConfig:
                     "no crop)", length=2, min=0.0, max=1.0)
     end_tolerance: float = key(1.0, "seconds an event may run past the video end before it is an "
                                     "error", min=0.0)
-    cache: bool = key(True, "keep assembled features in memory after the first read")
+    cache: bool = key(True, "keep the assembled inputs of the split's first videos that fit "
+                            "dataset.cache_max_gb in one shared-memory tensor, written at each "
+                            "video's first read (false, and videos past the budget: read from "
+                            "disk at every epoch)")
+    cache_max_gb: Optional[float] = key(4.0, "most memory the feature cache may hold, GB (1e9 "
+                                             "bytes), shared by all loader workers (null: no "
+                                             "limit)", min=0.0)
+    cache_dtype: str = key("float32", "dtype of the assembled inputs, cached or read from disk "
+                                      "alike (float16 halves the cache; docs/numerics.md s.1.5)",
+                           choices=("float32", "float16", "bfloat16"))
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,15 @@ class LoaderConfig:
     batch_size: int = key(16, "videos per training batch (per process)", min=1)
     eval_batch_size: int = key(16, "videos per inference batch (results do not depend on it)", min=1)
     num_workers: int = key(2, "DataLoader worker processes (0: load in the main process)", min=0)
+
+
+@dataclass(frozen=True)
+class TaskHeadsConfig:
+    """Several tasks: every task has its own classification head; the regression head is shared
+    or per task. A one-task model has exactly one of each (the original layout)."""
+    regression: str = key("per_task", "several tasks: one regression head per task ('per_task', "
+                                      "measured better on the demo: README unified model) or one "
+                                      "for all tasks ('shared')", choices=("shared", "per_task"))
 
 
 @dataclass(frozen=True)
@@ -154,6 +179,11 @@ class ModelConfig:
     dropout: float = key(0.0, "dropout in the transformer MLPs", min=0.0, max=1.0)
     droppath: float = key(0.1, "stochastic depth rate (> 0 adds LayerScale vectors to every block)",
                           min=0.0, max=1.0)
+    modality_dropout: float = key(0.0, "training only: per video, each modality's channels are "
+                                       "zeroed with this probability (never all of them; the mask "
+                                       "is unchanged); needs 2 or more modalities", min=0.0,
+                                  max=1.0)
+    task_heads: TaskHeadsConfig = section(TaskHeadsConfig, "several tasks: the heads per task")
 
 
 @dataclass(frozen=True)
@@ -163,14 +193,19 @@ class TrainCfgConfig:
     center_sample_radius: float = key(1.5, "centre sampling radius in units of the level stride",
                                       min=0.0)
     loss_weight: float = key(1.0, "weight of the regression loss (<= 0: balance it to the cls loss)")
-    cls_prior_prob: float = key(0.01, "prior probability that sets the classifier's initial bias",
-                                min=1e-8, max=1.0)
+    task_loss_weight: Union[float, Dict[str, float]] = key(
+        1.0, "several tasks: weight of each task's loss in the total (one number, or {task: w})",
+        min=0.0)
+    cls_prior_prob: Union[float, Dict[str, float]] = key(
+        0.01, "prior probability that sets the classifier's initial bias (several tasks: one "
+              "number, or {task: p} for each task's head)", min=1e-8, max=1.0)
     init_loss_norm: float = key(250.0, "initial value of the loss normaliser EMA", min=1e-8)
     loss_norm_momentum: float = key(0.9, "momentum of the loss normaliser EMA", min=0.0, max=1.0)
     label_smoothing: float = key(0.0, "label smoothing of the classification targets", min=0.0,
                                  max=1.0)
     head_empty_cls: Tuple[int, ...] = key((), "class ids with no training events (classifier bias "
-                                              "set near 0)", min=0)
+                                              "set near 0); several tasks: ids of the joint label "
+                                              "space (derived.class_offsets)", min=0)
 
 
 @dataclass(frozen=True)
@@ -245,6 +280,9 @@ class TestCfgConfig:
     ext_score_topk: int = key(2, "external scores: classes per video kept", min=1)
     ext_score_num_pred: int = key(200, "external scores: detections per video kept before fusion",
                                   min=1)
+    per_task: Optional[Dict[str, Any]] = key(
+        None, "several tasks: {task: {key: value}} overrides of the keys above (not ext_score_*) "
+              "for one task, e.g. {sound_localisation: {nms: {sigma: 0.5}}} (null: none)")
 
 
 @dataclass(frozen=True)
@@ -259,13 +297,20 @@ class Derived:
                                                            "group (null: single_stream)")
     max_div_factor: int = key(1, "inputs are padded to a multiple of this (max over pyramid levels "
                                  "of stride x window, or stride for global attention)")
+    tasks: Tuple[str, ...] = key((), "the task list (``task`` as a list)")
+    task_num_classes: Tuple[int, ...] = key((), "classes of each task, in task order")
+    class_offsets: Tuple[int, ...] = key((), "first id of each task's classes in the joint label "
+                                             "space the model predicts (0 for one task)")
+    num_classes: int = key(0, "classes of all tasks together (the model's label space)")
 
 
 @dataclass(frozen=True)
 class Config:
     """A resolved, validated config (``libs.config.load_config``). Read-only."""
-    task: str = key("sound_localisation", "which annotation list to localise: sound (TSL) or action "
-                                          "(TAL)", choices=TASKS)
+    task: Union[str, Tuple[str, ...]] = key(
+        "sound_localisation", "which annotation list(s) to localise: sound (TSL), action (TAL), or "
+                              "a list of both for one unified model (README: unified model)",
+        choices=TASKS, min_length=1)
     seed: int = key(1234567891, "random seed for python, numpy and torch", min=0)
     output_folder: str = key("ckpt", "parent folder of experiment folders "
                                      "(<output_folder>/<config stem>_<name>/)")

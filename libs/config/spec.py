@@ -18,7 +18,7 @@ from libs.common.errors import UserError, format_problems
 from libs.config.schema import Config, Derived, Key, is_section, public_fields
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-               list: "a list"}
+               list: "a list", dict: "a mapping"}
 # PyYAML (YAML 1.1) reads `1e-4` as a string; float keys accept that spelling.
 FLOAT_STR = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -49,6 +49,7 @@ class Leaf:
     length: Optional[int] = None
     min_length: Optional[int] = None
     one_or_list: bool = False    # ``Union[X, Tuple[X, ...]]``: one X or a list of X, kept as given
+    per_task: bool = False       # ``Union[X, Dict[str, X]]``: one X or a mapping {task: X}
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,17 @@ def spec_of(cls: type) -> Dict[str, Any]:
             continue
         k: Key = f.metadata["key"]
         hint, nullable = _unwrap_optional(hints[f.name])
-        if typing.get_origin(hint) is typing.Union:   # Union[X, Tuple[X, ...]]: one X or a list
-            scalar, listed = typing.get_args(hint)
-            assert listed == Tuple[scalar, ...], f"unsupported schema type {hint} for {f.name}"
+        if typing.get_origin(hint) is typing.Union:   # one X, or a list / a mapping of X
+            scalar, other = typing.get_args(hint)
+            per_task = other == Dict[str, scalar]
+            assert per_task or other == Tuple[scalar, ...], \
+                f"unsupported schema type {hint} for {f.name}"
             out[f.name] = Leaf(f.default, k.doc, scalar, nullable, k.required, k.choices, k.min,
-                               k.max, scalar, k.length, k.min_length, one_or_list=True)
+                               k.max, scalar, k.length, k.min_length, one_or_list=not per_task,
+                               per_task=per_task)
+            continue
+        if typing.get_origin(hint) is dict:
+            out[f.name] = Leaf(f.default, k.doc, dict, nullable, k.required)
             continue
         typ, item = hint, None
         if typing.get_origin(hint) is tuple:
@@ -194,6 +201,8 @@ def check_scalar(value: Any, typ: type, name: str, source: str) -> Any:
     elif typ is list:
         ok = isinstance(value, (list, tuple))
         value = list(value) if ok else value
+    elif typ is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
     else:
         raise AssertionError(f"unsupported schema type {typ} for {name}")
     if not ok:
@@ -221,6 +230,16 @@ def check_key(key: Leaf, value: Any, name: str, source: str) -> Any:
             return None
         raise UserError(f"wrong type for config key '{name}' ({source}): expected "
                         f"{_TYPE_NAMES[key.type]}, got null")
+    if key.per_task and isinstance(value, dict):
+        out = {}
+        for task, v in value.items():
+            out[task] = check_key(dataclasses.replace(key, per_task=False), v,
+                                  f"{name}.{task}", source)
+        return out
+    if key.per_task and not isinstance(value, (int, float, str, bool)):
+        raise UserError(f"wrong type for config key '{name}' ({source}): expected "
+                        f"{_TYPE_NAMES[key.type]} or a mapping {{task: value}}, got "
+                        f"{show_value(value)}")
     if key.one_or_list:
         if isinstance(value, (list, tuple)):
             return check_key(dataclasses.replace(key, type=list, one_or_list=False), value, name,
@@ -247,8 +266,13 @@ def check_key(key: Leaf, value: Any, name: str, source: str) -> Any:
             value = items
     elif key.type in (int, float):
         _check_range(value, key, name, source)
-    if key.choices is not None and value not in key.choices:
-        choices = ", ".join(show_value(c) for c in key.choices)
-        raise UserError(f"invalid value for config key '{name}' ({source}): expected one of "
-                        f"{choices}, got {show_value(value)}")
+    if key.choices is not None:
+        listed = value if key.type is list else [value]
+        for i, v in enumerate(listed):
+            if v in key.choices:
+                continue
+            choices = ", ".join(show_value(c) for c in key.choices)
+            where = f"{name}[{i}]" if key.type is list else name
+            raise UserError(f"invalid value for config key '{where}' ({source}): expected one of "
+                            f"{choices}, got {show_value(v)}")
     return value

@@ -5,6 +5,7 @@ from .crop import truncate_feats
 from .features import FeatureProblem, FeatureSource
 from .loader import EpochSampler, make_loader, set_loader_epoch
 from .perception import PerceptionDataset, resample_rows, stack_rows
+from .task_annotations import load_task_annotations, task_records
 from .timegrid import TimeGrid, make_time_grid
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "FeatureProblem", "FeatureSource",
     "EpochSampler", "make_loader", "set_loader_epoch",
     "PerceptionDataset", "resample_rows", "stack_rows",
+    "load_task_annotations", "task_records",
     "TimeGrid", "make_time_grid",
 ]

@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -38,22 +38,39 @@ class VideoRecord:
     frame_rate: float
     duration: float          # seconds = num_frames / frame_rate
     segments: np.ndarray     # (N, 2) float64 seconds
-    labels: np.ndarray       # (N,) int64
+    labels: np.ndarray       # (N,) int64 (joint label space with several tasks)
+    # several tasks (task_annotations.py): one flag per task, False = the video has no list of
+    # that task (dataset.allow_missing_task); () = every task annotated
+    annotated: Tuple[bool, ...] = ()
 
     @property
     def num_events(self) -> int:
         return int(self.labels.shape[0])
 
+    def is_annotated(self, index: int) -> bool:
+        """Whether task ``index`` (task order) is annotated for this video."""
+        return not self.annotated or bool(self.annotated[index])
+
 
 @dataclass
 class AnnotationSet:
     """The videos of the requested splits (file order, files in list order) and the label names of
-    every video of every file."""
+    every video of every file. Several tasks (task_annotations.py): ``task`` joins the names with
+    '+', ``label_names`` is the joint map, ``task_label_names`` the task-local maps; one task:
+    ``tasks == (task,)`` and ``task_label_names == {task: label_names}``."""
     paths: List[str]
     task: str
     videos: List[VideoRecord]
     label_names: Dict[int, str] = field(default_factory=dict)
     splits_found: List[str] = field(default_factory=list)
+    tasks: Tuple[str, ...] = ()
+    task_label_names: Dict[str, Dict[int, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            self.tasks = (self.task,)
+        if not self.task_label_names and len(self.tasks) == 1:
+            self.task_label_names = {self.tasks[0]: self.label_names}
 
     @property
     def path(self) -> str:
@@ -69,6 +86,17 @@ def annotation_paths(value: Union[str, os.PathLike, Sequence[Union[str, os.PathL
     if isinstance(value, (str, os.PathLike)):
         return [os.fspath(value)]
     return [os.fspath(v) for v in value]
+
+
+def distinct_annotation_paths(value: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
+                              ) -> List[str]:
+    """:func:`annotation_paths`; a file listed twice is a UserError."""
+    paths = annotation_paths(value)
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        raise UserError(f"annotation file listed twice (dataset.annotation_file): {', '.join(twice)}; "
+                        "expected each file once")
+    return paths
 
 
 def _is_number(x: Any) -> bool:
@@ -96,7 +124,7 @@ def video_id_problem(vid: str) -> Optional[str]:
     return None
 
 
-def _read_json(path: str) -> Dict[str, Any]:
+def read_annotation_json(path: str) -> Dict[str, Any]:
     """The file's top-level mapping; non-UTF-8 bytes, duplicate keys, a non-mapping top level and
     an empty mapping are UserErrors naming the file."""
     data, dups = read_json_checked(path, "annotation file",
@@ -120,7 +148,7 @@ def _read_json(path: str) -> Dict[str, Any]:
     return data
 
 
-def _parse_metadata(vid: str, entry: Any, problems: List[str]) -> Optional[tuple]:
+def parse_metadata(vid: str, entry: Any, problems: List[str]) -> Optional[tuple]:
     """(split, num_frames, frame_rate) or None after appending problems."""
     if not isinstance(entry, dict):
         problems.append(f"video '{vid}': entry is a {type(entry).__name__}, expected a mapping")
@@ -152,11 +180,25 @@ def _parse_metadata(vid: str, entry: Any, problems: List[str]) -> Optional[tuple
     return split.lower(), int(num_frames), float(frame_rate)
 
 
+def file_videos(path: str, problems: List[str]) -> Iterator[Tuple[str, Dict[str, Any], tuple]]:
+    """``(video id, entry, (split, num_frames, frame_rate))`` of each video of the file whose id
+    and metadata are valid; the others' problems are appended to ``problems``."""
+    for vid, entry in read_annotation_json(path).items():
+        why = video_id_problem(vid)
+        if why is not None:
+            problems.append(f"video id {vid!r} {why}, expected a plain file name (video ids name "
+                            "the feature files)")
+            continue
+        meta = parse_metadata(vid, entry, problems)
+        if meta is not None:
+            yield vid, entry, meta
+
+
 # label id -> label name -> the (file, video id) pairs that use that name, in file order
 NameUses = Dict[int, Dict[str, List[Tuple[str, str]]]]
 
 
-def _parse_events(vid: str, events: List[Any], num_classes: int, duration: float, end_tolerance: float,
+def parse_events(vid: str, events: List[Any], num_classes: int, duration: float, end_tolerance: float,
                   trim: bool, problems: List[str]) -> Optional[tuple]:
     """Events -> (segments (N, 2) float64 s, labels (N,) int64, #clipped, {label_id: [names]}),
     or None after problems. ``trim``: clip ends to ``duration`` (else the segments are as given)."""
@@ -218,7 +260,7 @@ def _parse_events(vid: str, events: List[Any], num_classes: int, duration: float
     return clipped, labs, n_past, names
 
 
-def _label_name_problems(uses: NameUses, several_files: bool) -> List[str]:
+def label_name_problems(uses: NameUses, several_files: bool) -> List[str]:
     """One problem per odd name: a label id named differently from the name most videos use (a
     tie keeps the name seen first), naming the odd videos and both names."""
     out: List[str] = []
@@ -252,11 +294,7 @@ def load_annotations(path: Union[str, os.PathLike, Sequence[Union[str, os.PathLi
     ``end_tolerance``); ``trim=False`` (the challenge scorer): events as given, any end accepted.
     Raises one :class:`UserError` listing every problem (first 20, then a count).
     """
-    paths = annotation_paths(path)
-    twice = sorted({p for p in paths if paths.count(p) > 1})
-    if twice:
-        raise UserError(f"annotation file listed twice (dataset.annotation_file): {', '.join(twice)}; "
-                        "expected each file once")
+    paths = distinct_annotation_paths(path)
     if not trim:
         end_tolerance = math.inf
     wanted = None if splits is None else {str(s).lower() for s in splits}
@@ -268,17 +306,8 @@ def load_annotations(path: Union[str, os.PathLike, Sequence[Union[str, os.PathLi
     found: List[str] = []
     n_clipped = 0
     for p in paths:
-        data = _read_json(p)
         file_problems: List[str] = []
-        for vid, entry in data.items():
-            why = video_id_problem(vid)
-            if why is not None:
-                file_problems.append(f"video id {vid!r} {why}, expected a plain file name (video "
-                                     "ids name the feature files)")
-                continue
-            meta = _parse_metadata(vid, entry, file_problems)
-            if meta is None:
-                continue
+        for vid, entry, meta in file_videos(p, file_problems):
             split, num_frames, frame_rate = meta
             if vid in home:
                 other, other_split = home[vid]
@@ -300,7 +329,7 @@ def load_annotations(path: Union[str, os.PathLike, Sequence[Union[str, os.PathLi
             if not isinstance(events, list):
                 file_problems.append(f"video '{vid}': '{task}' is a {type(events).__name__}, expected a list")
                 continue
-            parsed = _parse_events(vid, events, num_classes, duration, end_tolerance, trim,
+            parsed = parse_events(vid, events, num_classes, duration, end_tolerance, trim,
                                    file_problems)
             if parsed is None:
                 continue
@@ -313,7 +342,7 @@ def load_annotations(path: Union[str, os.PathLike, Sequence[Union[str, os.PathLi
             n_clipped += n_clip
             videos.append(VideoRecord(vid, split, num_frames, frame_rate, duration, segs, labs))
         problems.extend(f"{p}: {x}" if several else x for x in file_problems)
-    problems.extend(_label_name_problems(uses, several))
+    problems.extend(label_name_problems(uses, several))
     shown = ", ".join(paths)
     if problems:
         raise UserError(format_problems(problems, f"invalid annotation file{'s' if several else ''} "

@@ -21,7 +21,8 @@ def collate_batch(items: Sequence[Dict[str, Any]], max_seq_len: int, max_div_fac
     """Items of :class:`PerceptionDataset` -> batch.
 
     ``feats (B, C, T)`` zero padded, ``masks (B, 1, T)`` bool (True = valid), and lists
-    ``segments``, ``labels``, ``video_ids``, ``durations``, ``grids``. Training pads to exactly
+    ``segments``, ``labels``, ``video_ids``, ``durations``, ``grids``, and ``annotated``
+    ``(B, num_tasks)`` bool (None when the items have no flags). Training pads to exactly
     ``max_seq_len``; inference to the largest per-item padded length (:func:`padded_length`).
     """
     assert len(items) > 0, "empty batch"
@@ -51,4 +52,6 @@ def collate_batch(items: Sequence[Dict[str, Any]], max_seq_len: int, max_div_fac
         "video_ids": [it["video_id"] for it in items],
         "durations": [float(it["duration"]) for it in items],
         "grids": [it["grid"] for it in items],
+        "annotated": (torch.stack([it["annotated"] for it in items])                # (B, tasks)
+                      if "annotated" in items[0] else None),
     }

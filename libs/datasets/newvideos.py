@@ -16,7 +16,7 @@ import csv
 import logging
 import math
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -175,12 +175,14 @@ def feature_rows(path: str, ext: str, video_ids: Sequence[str]) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64)
 
 
-def new_video_set(video_ids: Sequence[str], durations: Sequence[float], task: str,
-                  label_names: Dict[int, str], source: str) -> AnnotationSet:
+def new_video_set(video_ids: Sequence[str], durations: Sequence[float],
+                  task: Union[str, Sequence[str]], label_names: Dict[int, str],
+                  source: str) -> AnnotationSet:
     """An :class:`AnnotationSet` of unlabelled videos (split 'test', no events) with the given
-    durations (seconds); ``num_frames``/``frame_rate`` are 0 (unknown). ``source`` names where
-    the videos came from, for messages."""
+    durations (seconds); ``num_frames``/``frame_rate`` are 0 (unknown). ``task``: the task or
+    the tasks of the model; ``source`` names where the videos came from, for messages."""
+    tasks = (task,) if isinstance(task, str) else tuple(task)
     videos = [VideoRecord(str(v), "test", 0, 0.0, float(d), np.zeros((0, 2), dtype=np.float64),
                           np.zeros(0, dtype=np.int64)) for v, d in zip(video_ids, durations)]
-    return AnnotationSet(paths=[source], task=task, videos=videos, label_names=dict(label_names),
-                         splits_found=["test"])
+    return AnnotationSet(paths=[source], task="+".join(tasks), videos=videos,
+                         label_names=dict(label_names), splits_found=["test"], tasks=tasks)

@@ -3,9 +3,11 @@
 Assembly (docs/numerics.md s.1.3, s.2): the primary modality's ``T`` rows set the grid; every other modality is
 resampled linearly in time to ``rows_per_step * T`` rows and ``rows_per_step`` consecutive rows are
 stacked as channels; channels are concatenated in config order; with ``force_upsampling`` the
-``(C, T)`` features are resized to ``max_seq_len`` cells. Every feature file of the split is checked
-when the dataset is built (headers first, then every value: NaN/inf are an error or zeroed,
-``dataset.on_nonfinite``), and a video's data is never replaced by another video's.
+``(C, T)`` features are resized to ``max_seq_len`` cells. Every feature file's header (shape) is
+checked when the dataset is built; its values at the video's first read (NaN/inf are an error
+naming video, modality and file, or zeroed: ``dataset.on_nonfinite``; ``check_values`` reads them
+all up front), and a video's data is never replaced by another video's. Assembled inputs are kept
+in the shared, bounded cache of ``libs/datasets/cache.py`` (``dataset.cache``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from tqdm import tqdm
 from libs.common.errors import UserError, format_problems
 from libs.config.schema import Config, DatasetConfig
 
-from .annotations import AnnotationSet, VideoRecord, load_annotations
+from .annotations import AnnotationSet, VideoRecord
+from .task_annotations import load_task_annotations
+from .cache import GB, FeatureCache, ReadError, round_to
 from .crop import truncate_feats
 from .features import FeatureProblem, FeatureSource, nonfinite_rows
 from .timegrid import TimeGrid, make_time_grid
@@ -30,6 +34,7 @@ from .timegrid import TimeGrid, make_time_grid
 logger = logging.getLogger(__name__)
 
 ZERO_FILL_KINDS = ("missing", "unreadable")
+NONFINITE_HINT = "dataset.on_nonfinite: zero replaces NaN/inf by 0"
 
 
 def resample_rows(x: np.ndarray, n: int, mode: str = "endpoint") -> np.ndarray:
@@ -105,19 +110,21 @@ class PerceptionDataset(Dataset):
         ds = dataset_cfg
         self.cfg_dataset = ds
         self.task = task
+        self.tasks: List[str] = [task] if isinstance(task, str) else list(task)
+        n = ds.num_classes
+        self.task_num_classes = [n[t] for t in self.tasks] if isinstance(n, dict) else [n]
         self.seed = seed
-        self.num_classes = ds.num_classes
+        self.num_classes = sum(self.task_num_classes)   # the joint label space (libs/config/tasks.py)
         self.splits: List[str] = list(splits)
         self.is_training = bool(is_training)
         self.max_seq_len = ds.max_seq_len
         self.force_upsampling = ds.force_upsampling
-        self.use_cache = ds.cache
         self.on_nonfinite = ds.on_nonfinite
         self.epoch = 0
 
-        ann = annotations if annotations is not None else load_annotations(
-            ds.annotation_file, self.task, self.num_classes, self.splits,
-            end_tolerance=ds.end_tolerance)
+        ann = annotations if annotations is not None else load_task_annotations(
+            ds.annotation_file, self.tasks, self.task_num_classes, self.splits,
+            end_tolerance=ds.end_tolerance, allow_missing_task=ds.allow_missing_task)
         self.annotation_source = ann.path
         videos = ann.videos
         if self.is_training:
@@ -130,7 +137,8 @@ class PerceptionDataset(Dataset):
                                 f"{ann.path}): expected labelled videos")
             videos = kept
         self.videos: List[VideoRecord] = videos
-        self.label_names: Dict[int, str] = ann.label_names
+        self.label_names: Dict[int, str] = ann.label_names          # joint ids with several tasks
+        self.task_label_names: Dict[str, Dict[int, str]] = ann.task_label_names
 
         self.modalities = ds.modalities
         self.primary = next(i for i, m in enumerate(ds.modalities) if m.primary)  # one, checked at load
@@ -138,9 +146,10 @@ class PerceptionDataset(Dataset):
         self.zero_filled: List[Set[str]] = [set() for _ in ds.modalities]
         # per modality: {video id: rows holding NaN/inf} (replaced by 0 with on_nonfinite 'zero')
         self.nonfinite: List[Dict[str, int]] = [{} for _ in ds.modalities]
-        self._cache: Dict[int, Tuple[torch.Tensor, TimeGrid]] = {}
         self._check_files(ds.on_missing)
-        self._check_values(show_progress)
+        # values are checked at each video's first read (or all at once: check_values)
+        self.cache: Optional[FeatureCache] = self._make_cache() if ds.cache else None
+        self.use_cache = self.cache is not None and self.cache.count > 0
 
     @classmethod
     def from_config(cls, cfg: Config, splits: Sequence[str], is_training: bool) -> "PerceptionDataset":
@@ -173,11 +182,12 @@ class PerceptionDataset(Dataset):
             logger.warning("on_missing 'zeros': %d missing/unreadable feature file(s) filled with zeros (%s)",
                            sum(filled.values()), ", ".join(f"{k}: {n}" for k, n in filled.items()))
 
-    def _check_values(self, show_progress: bool) -> None:
-        """Read every feature file once and count the rows holding NaN/inf (docs/numerics.md
-        s.1.2): an error naming video, modality and count (``on_nonfinite: error``), or replaced by
-        0 and logged (``zero``). With ``dataset.cache`` the assembled features are kept, so the
-        files are read once in all (this is the cache fill)."""
+    def check_values(self, show_progress: bool = True) -> None:
+        """Read every feature file of the split now and count the rows holding NaN/inf
+        (docs/numerics.md s.1.2): one error listing every bad video with modality, file and count
+        (``on_nonfinite: error``), or replaced by 0 and the counts logged (``zero``). Items check
+        their own values at their first read anyway; this is the up-front pass of
+        ``tools/summarize_dataset.py`` (it fills ``self.nonfinite``, not the cache)."""
         start = time.time()
         errors: List[str] = []
         for index in tqdm(range(len(self.videos)), desc="checking feature values", leave=False,
@@ -193,28 +203,36 @@ class PerceptionDataset(Dataset):
                 if bad and self.on_nonfinite == "error":
                     errors.append(f"non-finite values ({src.where(vid)}): {bad} of "
                                   f"{arrays[i].shape[0]} rows hold NaN or inf in {src.file_for(vid)}")
-            if self.use_cache and not errors:
-                self._cache[index] = assemble_arrays(arrays, self.cfg_dataset,
-                                                     self.videos[index].duration)
         for src in self.sources:
             src.close()
         if errors:
-            self._cache.clear()
             raise UserError(format_problems(errors, f"{len(errors)} feature file problem(s) "
-                                                    f"({self._where()}); dataset.on_nonfinite: zero "
-                                                    "replaces NaN/inf by 0"))
+                                                    f"({self._where()}); {NONFINITE_HINT}"))
         counts = {src.name: (len(self.nonfinite[i]), sum(self.nonfinite[i].values()))
                   for i, src in enumerate(self.sources) if self.nonfinite[i]}
         if counts:
             logger.warning("on_nonfinite 'zero': NaN/inf replaced by 0 in %s",
                            ", ".join(f"{k}: {r} rows of {v} video(s)" for k, (v, r) in counts.items()))
-        logger.info("feature values of %d videos checked in %.1f s%s", len(self.videos),
-                    time.time() - start, " (cached)" if self.use_cache else "")
+        logger.info("feature values of %d videos checked in %.1f s", len(self.videos),
+                    time.time() - start)
+
+    def _make_cache(self) -> FeatureCache:
+        """The split's shared feature cache (``libs/datasets/cache.py``), allocated, not filled."""
+        ds = self.cfg_dataset
+        channels = sum(m.dim * m.rows_per_step for m in ds.modalities)
+        lengths = [self.grid_length(i) for i in range(len(self.videos))]          # header reads
+        max_bytes = None if ds.cache_max_gb is None else ds.cache_max_gb * GB
+        cache = FeatureCache(channels=channels, lengths=lengths, dtype=ds.cache_dtype,
+                             max_bytes=max_bytes)
+        self.sources[self.primary].close()
+        logger.info("%s (%s)", cache.describe(), self._where())
+        return cache
 
     def _read_modalities(self, index: int, check: bool) -> List[Optional[np.ndarray]]:
         """The video's ``(T_i, dim_i)`` array per modality (None: zero-filled); non-finite values
-        are counted in ``self.nonfinite`` and, with ``on_nonfinite: zero``, replaced by 0.
-        ``check``: NaN/inf with ``on_nonfinite: error`` raise (a file changed after the check)."""
+        are counted in ``self.nonfinite`` and, with ``on_nonfinite: zero``, replaced by 0 (logged
+        once per video and process when ``check``). ``check``: NaN/inf with ``on_nonfinite:
+        error`` raise a :class:`ReadError` naming video, modality, file and count."""
         vid = self.videos[index].video_id
         arrays: List[Optional[np.ndarray]] = []
         for i, src in enumerate(self.sources):
@@ -224,12 +242,15 @@ class PerceptionDataset(Dataset):
             x = src.read(vid)                                                   # (T_i, dim_i)
             bad_rows = nonfinite_rows(x)
             if bad_rows:
+                where = (f"non-finite values ({src.where(vid)}): {bad_rows} of {x.shape[0]} rows "
+                         f"hold NaN or inf in {src.file_for(vid)}")
+                if check and self.on_nonfinite == "error":
+                    raise ReadError(f"{where}; {NONFINITE_HINT}")
+                if check and vid not in self.nonfinite[i]:
+                    logger.warning("on_nonfinite 'zero': %s, replaced by 0", where)
                 self.nonfinite[i][vid] = bad_rows
                 if self.on_nonfinite == "zero":
                     x = np.where(np.isfinite(x), x, np.float32(0.0))
-                elif check:
-                    raise UserError(f"non-finite values ({src.where(vid)}): {bad_rows} of "
-                                    f"{x.shape[0]} rows hold NaN or inf in {src.file_for(vid)}")
             arrays.append(x)
         return arrays
 
@@ -248,28 +269,32 @@ class PerceptionDataset(Dataset):
         return int(self.sources[self.primary].shape(self.videos[index].video_id)[0])
 
     def assemble(self, index: int) -> Tuple[torch.Tensor, TimeGrid]:
-        """The video's ``(C, L)`` float32 features (before cropping) and its time grid."""
-        if index in self._cache:
-            return self._cache[index]
+        """The video's ``(C, L)`` float32 features (before cropping; a tensor of its own, rounded
+        to ``dataset.cache_dtype``) and its time grid: from the cache, or read, checked
+        (NaN/inf: :class:`ReadError`) and written to the cache if it has room for the video."""
         rec = self.videos[index]
-        feats, grid = assemble_arrays(self._read_modalities(index, check=True), self.cfg_dataset,
-                                      rec.duration)
-        if self.use_cache:
-            self._cache[index] = (feats, grid)
+        hit = self.cache.get(index) if self.cache is not None else None
+        if hit is not None:
+            feats, rows = hit
+            return feats, make_time_grid(self.cfg_dataset, rows, rec.duration)
+        try:
+            arrays = self._read_modalities(index, check=True)
+        except FeatureProblem as prob:       # e.g. a file removed since the header check
+            raise ReadError(str(prob)) from None
+        feats, grid = assemble_arrays(arrays, self.cfg_dataset, rec.duration)
+        feats = round_to(feats, self.cfg_dataset.cache_dtype)
+        if self.cfg_dataset.cache_dtype == "float16" and not bool(torch.isfinite(feats).all()):
+            raise ReadError(f"features beyond the float16 range ({self._where()}, video "
+                            f"'{rec.video_id}'): |x| > 65504 rounds to inf; expected "
+                            "dataset.cache_dtype float32 or bfloat16 for these features")
+        if self.cache is not None:
+            self.cache.put(index, feats, arrays[self.primary].shape[0])
         return feats, grid
 
     def prefill_cache(self) -> None:
-        """Assemble every video once in this process, so that DataLoader workers started later
-        share the filled cache (fork, copy-on-write) instead of each filling a copy of its own."""
-        if not self.use_cache or len(self._cache) == len(self.videos):
-            return
-        start = time.time()
-        for index in tqdm(range(len(self.videos)), desc="caching features", leave=False,
-                          dynamic_ncols=True):
-            self.assemble(index)
-        nbytes = sum(f.numel() * f.element_size() for f, _ in self._cache.values())
-        logger.info("cached the features of %d videos (%.1f MiB) in %.1f s", len(self._cache),
-                    nbytes / 2 ** 20, time.time() - start)
+        """Nothing to do before the loader's workers start: the cache is one shared-memory tensor
+        allocated when the dataset is built, and whichever process reads a video first writes
+        it there for all (``libs/datasets/cache.py``)."""
 
     def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Dict[str, Any]:
         if isinstance(key, (tuple, list)):
@@ -286,8 +311,6 @@ class PerceptionDataset(Dataset):
             feats, segments, labels = truncate_feats(
                 feats, segments, labels, self.max_seq_len, ds.trunc_thresh, ds.crop_ratio,
                 grid.offset, rng)
-        if self.use_cache and feats is self._cache.get(index, (None,))[0]:
-            feats = feats.clone()  # callers may modify items in place; keep the cache intact
         return {
             "video_id": rec.video_id,
             "feats": feats,                                                     # (C, L) float32
@@ -295,4 +318,6 @@ class PerceptionDataset(Dataset):
             "labels": torch.from_numpy(np.array(labels, dtype=np.int64)),        # (N,)
             "duration": float(rec.duration),
             "grid": grid,
+            # per task: does this video have the task's annotation (dataset.allow_missing_task)
+            "annotated": torch.tensor(rec.annotated or (True,) * len(self.tasks)),
         }

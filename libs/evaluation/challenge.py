@@ -15,17 +15,24 @@ without ground truth in the split counts against nothing (the fork scores it as 
 
 Every unusual input is a :class:`Finding` of one ``kind``; the tools log one warning per kind,
 or, with ``--strict``, turn them into the usual one-line error.
+
+Several tasks (a unified model's submission): each task is scored on its own, exactly as a
+one-task file would be (:func:`task_annotation_sets` gives each task's ground truth, task-local
+labels, from one both-lists file or per-task files); the headline is the mean of the tasks'
+average mAPs (:func:`mean_average_map`).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from libs.common.errors import UserError
+from libs.config.tasks import TaskLayout
 from libs.datasets.annotations import AnnotationSet, VideoRecord
+from libs.datasets.task_annotations import load_task_annotations, task_records
 from libs.evaluation.events import Predictions, ground_truth_from_records
 from libs.evaluation.metrics import MetricResult, evaluate_map
 from libs.evaluation.submission import SubmissionFile
@@ -148,3 +155,56 @@ def score_submission(sub: SubmissionFile, ann: AnnotationSet, split: str) -> Met
                         "this split cannot be scored")
     preds: Predictions = sub.predictions
     return evaluate_map(gt, preds, CHALLENGE_TIOU_THRESHOLDS, where=f"split '{split}'")
+
+
+# ------------------------------------------------------------------------------ several tasks
+
+def task_annotation_sets(paths: Sequence[str], tasks: Sequence[str], num_classes: Sequence[int],
+                         splits: Optional[Sequence[str]] = None, *, trim: bool
+                         ) -> Dict[str, AnnotationSet]:
+    """Each task's annotations on their own (task order): ``{task: AnnotationSet}`` with that
+    task's events, TASK-LOCAL labels and label names, as ``load_annotations`` of that task alone
+    gives them. ``paths``: one file holding every task's list per video, or one file per task
+    (the challenge layout), or any mix, merged by video id
+    (``libs/datasets/task_annotations.py``; a non-test video without a task's list is an error).
+    One task: ``{task: load_annotations(paths, task, num_classes[0], splits, trim=trim)}``."""
+    ann = load_task_annotations(list(paths), list(tasks), list(num_classes), splits, trim=trim)
+    if len(tasks) == 1:
+        return {tasks[0]: ann}
+    layout = TaskLayout(tuple(tasks), tuple(int(n) for n in num_classes))
+    return {task: AnnotationSet(paths=ann.paths, task=task,
+                                videos=task_records(ann.videos, layout, task),
+                                label_names=ann.task_label_names[task],
+                                splits_found=ann.splits_found)
+            for task in tasks}
+
+
+def task_findings(per_task: Mapping[str, Sequence[Finding]]) -> List[Finding]:
+    """The findings of several tasks as one list: a message every task has (e.g. a video written
+    twice) once, the others prefixed with their task. One task: its findings as they are."""
+    if len(per_task) == 1:
+        return list(next(iter(per_task.values())))
+    common = set.intersection(*({f.message for f in fs} for fs in per_task.values()))
+    out: List[Finding] = []
+    shown = set()
+    for task, findings in per_task.items():
+        for f in findings:
+            if f.message in common:
+                if f.message not in shown:
+                    shown.add(f.message)
+                    out.append(f)
+            else:
+                out.append(Finding(f.kind, f"{task}: {f.message}"))
+    return out
+
+
+def mean_average_map(results: Mapping[str, MetricResult]) -> float:
+    """The headline of several tasks: the mean of their average mAPs (fraction in [0, 1])."""
+    return float(np.mean([r.average_map for r in results.values()]))
+
+
+def headline_line(results: Mapping[str, MetricResult]) -> str:
+    """``Mean average mAP of N tasks (task_1 xx.xx, task_2 yy.yy): zz.zz (%)``."""
+    parts = ", ".join(f"{t} {r.average_map * 100:.2f}" for t, r in results.items())
+    return (f"Mean average mAP of {len(results)} tasks ({parts}): "
+            f"{mean_average_map(results) * 100:.2f} (%)")

@@ -21,6 +21,12 @@ have it):
   models gets half its score (standard WBF 'avg'). ``conf_type='max'``: ``max(w_m * s) / max(w)``.
   ``one_per_model`` keeps a run's own overlapping soft-NMS duplicates in separate clusters (two
   identical runs fuse to themselves; scores never exceed the inputs' maximum).
+
+Several tasks (a unified model, candidates with JOINT labels): every step runs per task
+(:func:`fuse_pool_tasks`, :func:`run_nms_tasks`, :func:`fuse_wbf_tasks`): a task's candidates never
+suppress or merge with another task's, each task has its own NMS settings
+(:func:`task_nms_settings`: ``test_cfg.per_task`` of the run's meta under the tool's explicit
+options), and the results are concatenated per video in task order. One task: the plain functions.
 """
 from __future__ import annotations
 
@@ -33,9 +39,11 @@ import numpy as np
 import torch
 
 from libs.common.errors import UserError
+from libs.config.loader import resolve_section
 from libs.config.schema import NmsConfig
+from libs.config.tasks import TaskLayout
 from libs.ops.nms import batched_nms_videos
-from libs.evaluation.raw_candidates import META_REQUIRED, Cands
+from libs.evaluation.raw_candidates import META_REQUIRED, Cands, raw_layout
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +53,19 @@ _WBF_CELLS = 1 << 20            # groups x clusters per WBF chunk (memory ~ 80 M
 
 
 def check_compatible(metas: Sequence[Mapping[str, Any]], names: Sequence[str]) -> None:
-    """All runs must share task, split and num_classes, else a :class:`UserError`."""
+    """All runs must share task, split and num_classes (and so the task list and each task's
+    class count), else a :class:`UserError`."""
     for key in META_REQUIRED:
         vals = [m.get(key) for m in metas]
         if any(v != vals[0] for v in vals):
             shown = ", ".join(f"{n}: {v!r}" for n, v in zip(names, vals))
             raise UserError(f"raw runs differ in {key} ({shown}): expected runs of the same "
                             f"{key} to fuse")
+    layouts = [raw_layout(m) for m in metas]
+    if any(lay != layouts[0] for lay in layouts):
+        shown = ", ".join(f"{n}: {lay.describe()}" for n, lay in zip(names, layouts))
+        raise UserError(f"raw runs differ in task_num_classes ({shown}): expected runs of the "
+                        "same tasks and class counts to fuse")
 
 
 def union_video_ids(runs: Runs, warn: bool = True) -> List[str]:
@@ -88,12 +102,13 @@ def _duration(runs: Runs, vid: str) -> float:
 
 # --------------------------------------------------------------------------------- pool + NMS
 
-def pool_candidates(runs: Runs, weights: Optional[Sequence[float]] = None) -> Dict[str, Cands]:
+def pool_candidates(runs: Runs, weights: Optional[Sequence[float]] = None,
+                    warn: bool = True) -> Dict[str, Cands]:
     """Per video, the concatenation of every run's candidates (run order), scores times the
-    run's weight. Videos: :func:`union_video_ids`."""
+    run's weight. Videos: :func:`union_video_ids` (``warn``: log the videos runs lack)."""
     w = check_weights(weights, len(runs))
     out: Dict[str, Cands] = {}
-    for vid in union_video_ids(runs):
+    for vid in union_video_ids(runs, warn):
         parts = [(r[vid], w[i]) for i, r in enumerate(runs) if vid in r]
         out[vid] = {"segments": np.concatenate([c["segments"] for c, _ in parts]).reshape(-1, 2),
                     "scores": np.concatenate([c["scores"] * np.float32(wi) for c, wi in parts]),
@@ -120,10 +135,10 @@ def run_nms(cands: Mapping[str, Cands], settings: NmsConfig) -> Dict[str, Cands]
     return out
 
 
-def fuse_pool(runs: Runs, settings: NmsConfig,
-              weights: Optional[Sequence[float]] = None) -> Dict[str, Cands]:
+def fuse_pool(runs: Runs, settings: NmsConfig, weights: Optional[Sequence[float]] = None,
+              warn: bool = True) -> Dict[str, Cands]:
     """Pre-NMS candidate pooling followed by one NMS per video (module docstring)."""
-    return run_nms(pool_candidates(runs, weights), settings)
+    return run_nms(pool_candidates(runs, weights, warn), settings)
 
 
 # ----------------------------------------------------------------------------------------- WBF
@@ -193,13 +208,15 @@ def _cluster_groups(sizes: np.ndarray, first_row: np.ndarray, seg_start: np.ndar
 
 def weighted_segment_fusion(runs: Runs, weights: Optional[Sequence[float]] = None,
                             iou_thr: float = 0.55, skip_thr: float = 0.0, conf_type: str = "avg",
-                            max_seg_num: int = 500, one_per_model: bool = True) -> Dict[str, Cands]:
+                            max_seg_num: int = 500, one_per_model: bool = True,
+                            warn: bool = True) -> Dict[str, Cands]:
     """1-D Weighted Box Fusion of per-run detections (module docstring for the rule).
 
     ``runs``: one ``{video_id: Cands}`` per model (after each model's NMS, or its candidates),
     segments in seconds. Segments with a raw score < ``skip_thr`` or a zero weighted score are
     dropped. Returns ``{video_id: Cands}`` for the union of videos, descending score (stable),
     at most ``max_seg_num`` per video (<= 0: all), segments clipped to ``[0, duration]``.
+    ``warn``: log the videos runs lack.
     """
     if conf_type not in ("avg", "max"):
         raise UserError(f"unknown WBF conf_type {conf_type!r} (fusion): expected 'avg' or 'max'")
@@ -208,7 +225,7 @@ def weighted_segment_fusion(runs: Runs, weights: Optional[Sequence[float]] = Non
     if len(runs) > 62:
         raise UserError(f"too many runs to fuse ({len(runs)}): expected at most 62")
     run_weight = check_weights(weights, len(runs))
-    vids = union_video_ids(runs)
+    vids = union_video_ids(runs, warn)
     video_index = {v: i for i, v in enumerate(vids)}
     present = np.zeros((len(vids), len(runs)), dtype=bool)      # (V, M) video has a run's output
     parts = []                                                   # rows: video, run, start, end, score, label
@@ -269,3 +286,86 @@ def detections_list(dets: Mapping[str, Cands], video_ids: Optional[Sequence[str]
     ids = list(dets) if video_ids is None else [v for v in video_ids if v in dets]
     return [{"video_id": v, **{k: dets[v][k] for k in ("segments", "scores", "labels")}}
             for v in ids]
+
+
+# ------------------------------------------------------------------------------ several tasks
+
+def task_candidates(cands: Mapping[str, Cands], layout: TaskLayout, task: str) -> Dict[str, Cands]:
+    """The candidates of ``task`` (JOINT labels in its class range, kept as they are), every
+    video kept (empty arrays where the task has none). One task: ``cands`` as they are."""
+    if not layout.multi:
+        return dict(cands)
+    lo, hi = layout.class_range(task)
+    out: Dict[str, Cands] = {}
+    for vid, c in cands.items():
+        labels = np.asarray(c["labels"]).reshape(-1)
+        keep = (labels >= lo) & (labels < hi)
+        out[vid] = {"segments": np.asarray(c["segments"]).reshape(-1, 2)[keep],
+                    "scores": np.asarray(c["scores"]).reshape(-1)[keep], "labels": labels[keep],
+                    "duration": c["duration"]}
+    return out
+
+
+def concat_tasks(parts: Sequence[Mapping[str, Cands]]) -> Dict[str, Cands]:
+    """Per video (the first part's order, then new ones), the parts' rows one after the other
+    (task order). One part: that part."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    vids: Dict[str, None] = {}
+    for part in parts:
+        vids.update(dict.fromkeys(part))
+    out: Dict[str, Cands] = {}
+    for vid in vids:
+        have = [part[vid] for part in parts if vid in part]
+        out[vid] = {"segments": np.concatenate([np.asarray(c["segments"]).reshape(-1, 2)
+                                                for c in have]),
+                    "scores": np.concatenate([np.asarray(c["scores"]).reshape(-1) for c in have]),
+                    "labels": np.concatenate([np.asarray(c["labels"]).reshape(-1) for c in have]),
+                    "duration": have[0]["duration"]}
+    return out
+
+
+def run_nms_tasks(cands: Mapping[str, Cands], layout: TaskLayout,
+                  settings: Sequence[NmsConfig]) -> Dict[str, Cands]:
+    """:func:`run_nms` of each task's candidates with that task's ``settings`` (task order)."""
+    return concat_tasks([run_nms(task_candidates(cands, layout, task), settings[i])
+                         for i, task, _, _ in layout])
+
+
+def fuse_pool_tasks(runs: Runs, layout: TaskLayout, settings: Sequence[NmsConfig],
+                    weights: Optional[Sequence[float]] = None) -> Dict[str, Cands]:
+    """:func:`fuse_pool` per task (``settings`` one per task, task order)."""
+    return concat_tasks([fuse_pool([task_candidates(r, layout, task) for r in runs], settings[i],
+                                   weights, warn=i == 0) for i, task, _, _ in layout])
+
+
+def fuse_wbf_tasks(runs: Runs, layout: TaskLayout, *, weights: Optional[Sequence[float]],
+                   iou_thr: float, skip_thr: float, conf_type: str, max_seg_num: Sequence[int],
+                   one_per_model: bool = True) -> Dict[str, Cands]:
+    """:func:`weighted_segment_fusion` per task (``max_seg_num`` one per task, task order)."""
+    return concat_tasks([weighted_segment_fusion([task_candidates(r, layout, task) for r in runs],
+                                                 weights, iou_thr, skip_thr, conf_type,
+                                                 max_seg_num[i], one_per_model, warn=i == 0)
+                         for i, task, _, _ in layout])
+
+
+def task_nms_settings(base: Mapping[str, Any], explicit: Sequence[str], meta: Mapping[str, Any],
+                      layout: TaskLayout, where: str) -> List[NmsConfig]:
+    """The NMS settings of each task (task order) for a run with raw ``meta``: ``base`` (the
+    ``test_cfg.nms`` keys of the tool's options) overlaid with the run's
+    ``test_cfg.per_task.<task>.nms`` (as eval.py applies it, libs/config/tasks.py
+    ``task_test_cfg``) except the keys in ``explicit`` (options given on the command line, which
+    win). ``where`` names the meta file in errors."""
+    test_cfg = meta.get("test_cfg") or {}
+    per_task = (test_cfg.get("per_task") if isinstance(test_cfg, dict) else None) or {}
+    out: List[NmsConfig] = []
+    for _, task, _, _ in layout:
+        overlay = per_task.get(task) if isinstance(per_task, dict) else None
+        overlay = (overlay.get("nms") if isinstance(overlay, dict) else overlay) or {}
+        if not isinstance(overlay, dict):
+            raise UserError(f"bad test_cfg.per_task.{task} ({where}): expected a mapping of "
+                            f"test_cfg keys with an 'nms' mapping, got {overlay!r}")
+        raw = {**dict(base), **{k: v for k, v in overlay.items() if k not in explicit}}
+        out.append(resolve_section("test_cfg.nms", raw, f"{where}: test_cfg.per_task.{task}.nms"
+                                   if overlay else where))
+    return out

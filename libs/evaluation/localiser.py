@@ -26,6 +26,7 @@ from libs.common.distributed import check_amp, resolve_device
 from libs.common.errors import UserError
 from libs.config.loader import resolve_config
 from libs.config.schema import Config
+from libs.config.tasks import TaskLayout, task_test_cfg
 from libs.datasets.collate import collate_batch
 from libs.datasets.features import nonfinite_rows
 from libs.datasets.perception import assemble_arrays
@@ -41,11 +42,14 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 class VideoDetections:
     """Detections of one video, descending score: ``segments`` (N, 2) float32 seconds within
     ``[0, duration]``, ``scores`` (N,) float32, ``labels`` (N,) int64 class ids,
-    ``label_names`` (N,) their names (the checkpoint's label map; ``str(id)`` if unnamed)."""
+    ``label_names`` (N,) their names (the checkpoint's label map; ``str(id)`` if unnamed),
+    ``tasks`` (N,) the task of each detection (a unified model: each task's detections in task
+    order, ``labels`` the class ids of that task)."""
     segments: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     label_names: List[str]
+    tasks: List[str]
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -156,9 +160,13 @@ class Localiser:
                                 "duration": float(duration), "grid": grid}
         batch = collate_batch([item], max_seq_len=self.cfg.dataset.max_seq_len,
                               max_div_factor=self.model.max_div_factor, is_training=False)
-        det = predict(self.model, [batch], self.cfg.test_cfg, self.device, amp=self.amp,
-                      show_progress=False)[0]
-        labels = det["labels"].numpy().astype(np.int64)
+        layout = TaskLayout.from_config(self.cfg)
+        det = predict(self.model, [batch], [task_test_cfg(self.cfg, t) for t in layout.tasks],
+                      self.device, amp=self.amp, show_progress=False)[0]
+        labels = det["labels"].numpy().astype(np.int64)                  # joint label space
+        task_idx = layout.task_of(labels)
         return VideoDetections(segments=det["segments"].numpy().astype(np.float32),
-                               scores=det["scores"].numpy().astype(np.float32), labels=labels,
-                               label_names=[self.name_of(c) for c in labels])
+                               scores=det["scores"].numpy().astype(np.float32),
+                               labels=labels - np.asarray(layout.offsets)[task_idx],
+                               label_names=[self.name_of(c) for c in labels],
+                               tasks=[layout.tasks[i] for i in task_idx])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,32 +21,60 @@ from libs.common.distributed import (autocast, gather_to_main, is_distributed, r
                                      unwrap_model)
 from libs.common.errors import UserError
 from libs.modeling.decode import decode_candidates
+from libs.modeling.multitask import task_head_outputs
 from libs.config.schema import Config, NmsConfig, TestCfgConfig
+from libs.config.tasks import TaskLayout, task_test_cfg
 from libs.datasets import PerceptionDataset, make_loader
 from libs.datasets.loader import length_grouped_batches
 from libs.evaluation.metrics import MetricResult, evaluate_map
 from libs.evaluation.events import ground_truth_from_records, predictions_from_detections
+from libs.evaluation.task_metrics import TaskMetrics, score_task_detections
 from libs.ops.nms import batched_nms_videos
 
 log = logging.getLogger(__name__)
 
 
+def _decode_and_nms(outputs: dict, test_cfg: TestCfgConfig, on_gpu: bool,
+                    cls_logits: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
+                    label_offset: int = 0) -> Tuple[List[dict], list]:
+    """One task's pre-NMS candidates per video and its NMS result ``(segs, scores, labels)``
+    per video (labels shifted by ``label_offset`` into the joint label space)."""
+    candidates = decode_candidates(
+        outputs["points"], [x.float() for x in cls_logits], [x.float() for x in offsets],
+        outputs["fpn_masks"], test_cfg.pre_nms_thresh, test_cfg.pre_nms_topk,
+        test_cfg.duration_thresh)
+    if not on_gpu:
+        candidates = [{k: v.cpu() for k, v in c.items()} for c in candidates]
+    if label_offset:
+        for c in candidates:
+            c["labels"] = c["labels"] + label_offset
+    kept = batched_nms_videos([(c["segments"], c["scores"], c["labels"]) for c in candidates],
+                              **dataclasses.asdict(test_cfg.nms))
+    return candidates, kept
+
+
 @torch.no_grad()
-def predict(model: nn.Module, loader, test_cfg: TestCfgConfig, device: torch.device, *, amp: str,
+def predict(model: nn.Module, loader, test_cfg: Union[TestCfgConfig, Sequence[TestCfgConfig]],
+            device: torch.device, *, amp: str,
             raw_hook: Optional[Callable[[str, dict, object], None]] = None,
             show_progress: bool = True) -> List[dict]:
     """Detections for every video of ``loader``: decode per level, NMS, grid cells -> seconds.
 
     Returns one dict per video in loader order: ``video_id``, ``segments`` (N, 2) float32
-    seconds clipped to [0, duration], ``scores`` (N,), ``labels`` (N,) int64, descending score.
+    seconds clipped to [0, duration], ``scores`` (N,), ``labels`` (N,) int64, descending score
+    (several tasks: each task's detections in task order, labels in the joint label space).
+    ``test_cfg``: the post-processing, or one per task of the model (decoding and NMS run per
+    task: one task's detections never suppress another's).
     ``raw_hook(video_id, candidates, grid)`` receives the pre-NMS candidates (grid cells).
     ``amp`` ('none', 'bf16', 'fp16') is the forward pass's autocast; the head outputs are cast
     to fp32 before decoding, so scores are never rounded to 8 mantissa bits before NMS.
     """
     model.eval()
     core = unwrap_model(model)
-    nms_kwargs = dataclasses.asdict(test_cfg.nms)
-    on_gpu = device.type == "cuda" and test_cfg.nms.backend in ("auto", "cuda")
+    layout = TaskLayout(tuple(core.tasks), tuple(core.task_num_classes))
+    cfgs = list(test_cfg) if isinstance(test_cfg, (list, tuple)) else [test_cfg] * len(layout.tasks)
+    assert len(cfgs) == len(layout.tasks), "one test_cfg per task"
+    on_gpu = device.type == "cuda" and all(c.nms.backend in ("auto", "cuda") for c in cfgs)
     limit = core.point_generator.max_buffer_len  # longest input (grid cells) the points cover
     results: List[dict] = []
     start = time.time()
@@ -63,17 +91,21 @@ def predict(model: nn.Module, loader, test_cfg: TestCfgConfig, device: torch.dev
         masks = batch["masks"].to(device, non_blocking=True)
         with autocast(amp, device):
             outputs = core(feats, masks)
-        candidates = decode_candidates(
-            outputs["points"], [x.float() for x in outputs["cls_logits"]],
-            [x.float() for x in outputs["offsets"]], outputs["fpn_masks"],
-            test_cfg.pre_nms_thresh, test_cfg.pre_nms_topk, test_cfg.duration_thresh)
-        if not on_gpu:
-            candidates = [{k: v.cpu() for k, v in c.items()} for c in candidates]
+        if not layout.multi:
+            candidates, kept = _decode_and_nms(outputs, cfgs[0], on_gpu, outputs["cls_logits"],
+                                               outputs["offsets"])
+        else:
+            per_task = [_decode_and_nms(outputs, tc, on_gpu, cls, off, lo) for (cls, off), tc, lo in
+                        zip(task_head_outputs(outputs, layout, core.reg_per_task), cfgs,
+                            layout.offsets)]
+            videos = range(len(batch["video_ids"]))     # each video: the tasks in task order
+            candidates = [{k: torch.cat([cands[b][k] for cands, _ in per_task])
+                           for k in per_task[0][0][b]} for b in videos]
+            kept = [tuple(torch.cat([nms[b][j] for _, nms in per_task]) for j in range(3))
+                    for b in videos]
         if raw_hook is not None:
             for vid, cand, grid in zip(batch["video_ids"], candidates, batch["grids"]):
                 raw_hook(vid, cand, grid)
-        kept = batched_nms_videos(
-            [(c["segments"], c["scores"], c["labels"]) for c in candidates], **nms_kwargs)
         for vid, grid, (segs, scores, labels) in zip(batch["video_ids"], batch["grids"], kept):
             seconds = grid.clip_seconds(grid.to_seconds(segs.float().cpu()))
             results.append({"video_id": vid, "segments": seconds, "scores": scores.float().cpu(),
@@ -150,7 +182,8 @@ def predict_dataset(model: nn.Module, dataset: PerceptionDataset, cfg: Config, d
     loader = make_loader(part, batch_size=cfg.loader.eval_batch_size,
                          num_workers=cfg.loader.num_workers, is_training=False, seed=cfg.seed,
                          max_seq_len=cfg.dataset.max_seq_len, max_div_factor=max_div)
-    detections = predict(model, loader, cfg.test_cfg, device, amp=amp, raw_hook=raw_hook,
+    test_cfgs = [task_test_cfg(cfg, t) for t in unwrap_model(model).tasks]
+    detections = predict(model, loader, test_cfgs, device, amp=amp, raw_hook=raw_hook,
                          show_progress=show_progress and rank == 0)
     if not distributed:
         return detections
@@ -162,7 +195,12 @@ def predict_dataset(model: nn.Module, dataset: PerceptionDataset, cfg: Config, d
     return merged
 
 
-def score_detections(detections: List[dict], dataset: PerceptionDataset) -> MetricResult:
-    """mAP of ``detections`` against the dataset's ground truth."""
+def score_detections(detections: List[dict], dataset: PerceptionDataset
+                     ) -> Union[MetricResult, TaskMetrics]:
+    """mAP of ``detections`` against the dataset's ground truth; several tasks: per task, with
+    the headline ``average_map`` (``libs/evaluation/task_metrics.py``)."""
+    layout = TaskLayout(tuple(dataset.tasks), tuple(dataset.task_num_classes))
+    if layout.multi:
+        return score_task_detections(detections, dataset.videos, layout)
     gt = ground_truth_from_records(dataset.videos)
     return evaluate_map(gt, predictions_from_detections(detections))

@@ -2,9 +2,15 @@
 
 Raw candidate directories (written by ``eval.py --save-raw DIR``)::
 
-    DIR/meta.json         {"format", "task", "split", "num_classes", "checkpoint", "test_cfg", ...}
+    DIR/meta.json         {"format", "task", "split", "num_classes", "tasks", "task_num_classes",
+                           "checkpoint", "test_cfg", ...}
     DIR/<video_id>.npz    segments (N, 2) float32 SECONDS (pre-NMS, not clipped), scores (N,)
                           float32, labels (N,) int64, duration () float64 seconds
+
+A unified (several-task) model stores its candidates with JOINT labels (task ``i``'s class ``c``
+is ``offset_i + c``, libs/config/tasks.py); ``tasks`` and ``task_num_classes`` give the layout,
+``task`` is then the task list and ``num_classes`` the total. A folder written before these keys
+existed holds one task: ``task`` with ``num_classes`` (:func:`raw_layout`).
 
 Candidates are stored in seconds, so models with different time grids can be pooled (the original
 concatenated grid cells and needed the same 192-cell grid everywhere).
@@ -23,6 +29,8 @@ import numpy as np
 from libs.common.jsonfile import read_json
 from libs.common.errors import UserError, format_problems
 from libs.common.io import atomic_path
+from libs.config.schema import TASKS
+from libs.config.tasks import TaskLayout
 from libs.evaluation.events import as_numpy
 from libs.evaluation.submission import write_json
 
@@ -84,15 +92,66 @@ def raw_candidate_hook(out_dir: str) -> Callable[[str, Mapping[str, Any], Any], 
     return hook
 
 
-def write_raw_meta(out_dir: str, meta: Mapping[str, Any]) -> str:
-    """Write ``out_dir/meta.json`` (``task``, ``split``, ``num_classes`` required; also e.g.
+def layout_meta(layout: TaskLayout) -> Dict[str, Any]:
+    """The meta keys that describe the tasks: ``task`` (the task, or the list of tasks),
+    ``num_classes`` (total), ``tasks``, ``task_num_classes``."""
+    return {"task": list(layout.tasks) if layout.multi else layout.tasks[0],
+            "num_classes": layout.total_classes, "tasks": list(layout.tasks),
+            "task_num_classes": list(layout.num_classes)}
+
+
+def write_raw_meta(out_dir: str, meta: Mapping[str, Any],
+                   layout: Optional[TaskLayout] = None) -> str:
+    """Write ``out_dir/meta.json`` (``split`` required; ``task`` and ``num_classes`` too unless
+    ``layout`` is given, whose :func:`layout_meta` keys then replace them; also e.g.
     ``checkpoint``, ``test_cfg``, ``video_ids``: then :func:`load_raw_dir` checks that every listed
-    video has its file). Returns the path."""
+    video has its file). A one-task meta without ``tasks`` gets them. Returns the path."""
+    meta = dict(meta)
+    if layout is not None:
+        meta.update(layout_meta(layout))
     missing = [k for k in META_REQUIRED if k not in meta]
     assert not missing, f"raw meta lacks {missing}"
+    if "tasks" not in meta:
+        assert isinstance(meta["task"], str), f"raw meta: task {meta['task']!r} without a layout"
+        meta.update(layout_meta(TaskLayout.single(meta["task"], int(meta["num_classes"]))))
     path = os.path.join(out_dir, META_NAME)
-    write_json({"format": RAW_FORMAT, **dict(meta)}, path, overwrite=True)
+    write_json({"format": RAW_FORMAT, **meta}, path, overwrite=True)
     return path
+
+
+def raw_layout(meta: Mapping[str, Any]) -> TaskLayout:
+    """The tasks of a raw folder's (checked) meta; without ``tasks``: one task ``task`` with
+    ``num_classes``."""
+    if "tasks" in meta:
+        return TaskLayout(tuple(meta["tasks"]), tuple(int(n) for n in meta["task_num_classes"]))
+    return TaskLayout.single(str(meta["task"]), int(meta["num_classes"]))
+
+
+def _is_count(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
+
+def _layout_problems(meta: Mapping[str, Any]) -> List[str]:
+    """Problems of the task keys of a meta mapping that has ``task`` and ``num_classes``."""
+    if "tasks" not in meta and "task_num_classes" not in meta:
+        task = meta["task"]
+        return [] if isinstance(task, str) else [f"task {task!r} is not a task name (a list of "
+                                                 "tasks needs tasks and task_num_classes)"]
+    tasks, counts = meta.get("tasks"), meta.get("task_num_classes")
+    if not (isinstance(tasks, list) and tasks and all(t in TASKS for t in tasks)
+            and len(set(tasks)) == len(tasks)):
+        return [f"tasks {tasks!r}, expected a list of distinct task names ({', '.join(TASKS)})"]
+    if not (isinstance(counts, list) and len(counts) == len(tasks)
+            and all(_is_count(n) for n in counts)):
+        return [f"task_num_classes {counts!r}, expected {len(tasks)} int(s) >= 1, one per task"]
+    bad = []
+    if meta["num_classes"] != sum(counts):
+        bad.append(f"num_classes {meta['num_classes']!r} is not the sum of task_num_classes "
+                   f"{counts}")
+    task = meta["task"]
+    if task != (tasks if len(tasks) > 1 else tasks[0]):
+        bad.append(f"task {task!r} does not match tasks {tasks}")
+    return bad
 
 
 def _read_meta(folder: Path) -> Dict[str, Any]:
@@ -102,11 +161,13 @@ def _read_meta(folder: Path) -> Dict[str, Any]:
     if not bad:
         bad = [f"missing '{k}'" for k in META_REQUIRED if k not in meta]
         n = meta.get("num_classes", 1)
-        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        if not _is_count(n):
             bad.append(f"num_classes {n!r} is not an int >= 1")
+        if not bad:
+            bad = _layout_problems(meta)
     if bad:
         raise UserError(f"bad raw candidate meta ({path}): {'; '.join(bad)}; expected task, split, "
-                        "num_classes")
+                        "num_classes (and tasks, task_num_classes)")
     return meta
 
 

@@ -11,6 +11,11 @@ empty list when nothing was detected), entries in descending score, at most ``ma
 On input, labels and scores may be strings or numbers, and timestamps need not lie inside the
 video (a detector that does not clip; the challenge's evaluators score them as they are,
 docs/numerics.md s.8.6); reversed or non-finite timestamps are refused (docs/differences.md s.4.4).
+
+A unified (several-task) model writes one file with every task's list per video
+(:func:`detections_to_task_submission`: ``{video_id: {action_localisation: [...],
+sound_localisation: [...]}}``, labels TASK-LOCAL, each list sorted and cut on its own,
+docs/numerics.md s.10.2); :func:`read_task_submission` reads such a file back per task.
 """
 from __future__ import annotations
 
@@ -19,13 +24,14 @@ import math
 import os
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from libs.common.errors import UserError, format_problems
 from libs.common.io import atomic_write_text
 from libs.common.jsonfile import read_json_checked
+from libs.config.tasks import TaskLayout
 from libs.evaluation.events import Predictions, as_numpy
 
 
@@ -40,6 +46,16 @@ def detections_to_submission(detections: Iterable[Mapping[str, Any]], task: str,
     """
     assert max_seg_num >= 1, "max_seg_num must be >= 1"
     out = {str(v): {task: []} for v in video_ids}
+    for vid, segs, scores, labels in _video_columns(detections, out):
+        order = np.argsort(-scores, kind="stable")[:max_seg_num]
+        out[vid][task] = _entries(segs, scores, labels, order)
+    return out
+
+
+def _video_columns(detections: Iterable[Mapping[str, Any]], out: Mapping[str, Any]
+                   ) -> Iterator[Tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(video id, segments (N, 2) float64, scores (N,) float32, labels (N,) int64)`` of each
+    detection set, checked: a video of ``out``, at most one set per video, finite values."""
     seen = set()
     for det in detections:
         vid = str(det["video_id"])
@@ -54,9 +70,45 @@ def detections_to_submission(detections: Iterable[Mapping[str, Any]], task: str,
         assert len(segs) == len(scores) == len(labels), f"video '{vid}': column lengths differ"
         assert np.all(np.isfinite(segs)) and np.all(np.isfinite(scores)), \
             f"video '{vid}': non-finite detections"
-        order = np.argsort(-scores, kind="stable")[:max_seg_num]
-        out[vid][task] = [{"label": str(int(labels[i])), "score": repr(float(scores[i])),
-                           "timestamps": [float(segs[i, 0]), float(segs[i, 1])]} for i in order]
+        yield vid, segs, scores, labels
+
+
+def _entries(segs: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+             order: np.ndarray) -> List[dict]:
+    """The submission entries of rows ``order`` (segments (N, 2) float64 s, scores (N,) float32,
+    labels (N,) int64 as written)."""
+    return [{"label": str(int(labels[i])), "score": repr(float(scores[i])),
+             "timestamps": [float(segs[i, 0]), float(segs[i, 1])]} for i in order]
+
+
+def detections_to_task_submission(detections: Iterable[Mapping[str, Any]], layout: TaskLayout,
+                                  video_ids: Sequence[str], max_seg_num: Sequence[int]) -> dict:
+    """Per-video detections with JOINT labels -> ``{video_id: {task: [...] for every task}}``.
+
+    ``layout``: the tasks and where their classes lie in the joint label space
+    (libs/config/tasks.py); ``max_seg_num``: entries kept per video, one per task (task order).
+    Each task's list holds the detections whose joint label lies in that task's class range, with
+    TASK-LOCAL labels (joint id minus the task's offset), in descending score (stable), cut to that
+    task's ``max_seg_num``; a task without detections in a video gets an empty list. One task:
+    exactly :func:`detections_to_submission`.
+    """
+    limits = [int(n) for n in max_seg_num]
+    assert len(limits) == len(layout.tasks), (limits, layout.tasks)
+    if not layout.multi:
+        return detections_to_submission(detections, layout.tasks[0], video_ids, limits[0])
+    assert min(limits) >= 1, "max_seg_num must be >= 1"
+    out = {str(v): {t: [] for t in layout.tasks} for v in video_ids}
+    offsets = np.asarray(layout.offsets, dtype=np.int64)
+    for vid, segs, scores, labels in _video_columns(detections, out):
+        assert not len(labels) or 0 <= labels.min() <= labels.max() < layout.total_classes, \
+            f"video '{vid}': labels outside the joint label space [0, {layout.total_classes})"
+        task_idx = layout.task_of(labels)                                   # (N,)
+        order = np.lexsort((-scores, task_idx))     # by task, then score desc; stable on ties
+        bounds = np.searchsorted(task_idx[order], np.arange(len(layout.tasks) + 1))
+        local = labels - offsets[task_idx]                                  # task-local ids
+        for i, task in enumerate(layout.tasks):
+            rows = order[bounds[i]:bounds[i + 1]][:limits[i]]
+            out[vid][task] = _entries(segs, scores, local, rows)
     return out
 
 
@@ -186,40 +238,64 @@ def load_submission_with_ids(path: str, task: str) -> Tuple[Predictions, List[st
 
 def read_submission(path: str, task: str) -> SubmissionFile:
     """Read and validate a submission file (all problems at once, naming video and entry)."""
+    return _read_tasks(path, (task,))[task]
+
+
+def read_task_submission(path: str, tasks: Sequence[str]) -> Dict[str, SubmissionFile]:
+    """Read and validate a submission holding the lists of several tasks -> ``{task:
+    SubmissionFile}`` (task-local labels, as the file gives them), in ``tasks`` order.
+
+    Every video must hold every task's list; every problem (naming the video, the task and the
+    entry) is listed in one :class:`UserError`. One task: ``{task: read_submission(path, task)}``.
+    """
+    tasks = tuple(tasks)
+    assert tasks and len(set(tasks)) == len(tasks), tasks
+    return _read_tasks(path, tasks)
+
+
+def _read_tasks(path: str, tasks: Tuple[str, ...]) -> Dict[str, SubmissionFile]:
     path = os.fspath(path)
-    data, dups = read_json_checked(path, "submission", f"a JSON file {{video_id: {{'{task}': [...]}}}}")
+    lists = ", ".join(f"'{t}': [...]" for t in tasks)
+    data, dups = read_json_checked(path, "submission", f"a JSON file {{video_id: {{{lists}}}}}")
     if not isinstance(data, dict):
         raise UserError(f"submission top level is a {type(data).__name__} ({path}): expected a "
-                        f"mapping {{video_id: {{'{task}': [...]}}}}")
+                        f"mapping {{video_id: {{{lists}}}}}")
     problems: List[str] = []
-    vids: List[str] = []
-    rows: List[tuple] = []
-    entries_per_video: Dict[str, int] = {}
+    vids: Dict[str, List[str]] = {t: [] for t in tasks}
+    rows: Dict[str, List[tuple]] = {t: [] for t in tasks}
+    entries_per_video: Dict[str, Dict[str, int]] = {t: {} for t in tasks}
+    several = len(tasks) > 1
     for vid, value in data.items():
         if not isinstance(value, dict):
             problems.append(f"video '{vid}': is a {type(value).__name__}, expected a mapping "
-                            f"{{'{task}': [...]}}")
+                            f"{{{lists}}}")
             continue
-        if task not in value:
-            found = ", ".join(repr(k) for k in value) or "none"
-            problems.append(f"video '{vid}': missing '{task}' list (keys found: {found})")
-            continue
-        entries = value[task]
-        if not isinstance(entries, list):
-            problems.append(f"video '{vid}': '{task}' is a {type(entries).__name__}, expected a list")
-            continue
-        entries_per_video[str(vid)] = len(entries)
-        for i, entry in enumerate(entries):
-            parsed = _entry(entry, f"video '{vid}' entry {i}", problems)
-            if parsed is not None:
-                vids.append(str(vid))
-                rows.append(parsed)
+        for task in tasks:
+            if task not in value:
+                found = ", ".join(repr(k) for k in value) or "none"
+                problems.append(f"video '{vid}': missing '{task}' list (keys found: {found})")
+                continue
+            entries = value[task]
+            if not isinstance(entries, list):
+                problems.append(f"video '{vid}': '{task}' is a {type(entries).__name__}, expected "
+                                "a list")
+                continue
+            entries_per_video[task][str(vid)] = len(entries)
+            where = f"video '{vid}' '{task}'" if several else f"video '{vid}'"
+            for i, entry in enumerate(entries):
+                parsed = _entry(entry, f"{where} entry {i}", problems)
+                if parsed is not None:
+                    vids[task].append(str(vid))
+                    rows[task].append(parsed)
     if problems:
         raise UserError(format_problems(problems, f"invalid submission ({path}) with "
                                                   f"{len(problems)} problem(s)"))
-    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
-    preds = Predictions(np.asarray(vids, dtype=str), arr[:, 2], arr[:, 3],
-                        np.asarray([r[0] for r in rows], dtype=np.int64), arr[:, 1])
-    return SubmissionFile(path=path, predictions=preds, video_ids=[str(v) for v in data],
-                          entries=entries_per_video,
-                          duplicate_ids=[d.key for d in dups if d.where == ()])
+    out: Dict[str, SubmissionFile] = {}
+    for task in tasks:
+        arr = np.asarray(rows[task], dtype=np.float64).reshape(-1, 4)
+        preds = Predictions(np.asarray(vids[task], dtype=str), arr[:, 2], arr[:, 3],
+                            np.asarray([r[0] for r in rows[task]], dtype=np.int64), arr[:, 1])
+        out[task] = SubmissionFile(path=path, predictions=preds, video_ids=[str(v) for v in data],
+                                   entries=entries_per_video[task],
+                                   duplicate_ids=[d.key for d in dups if d.where == ()])
+    return out

@@ -5,19 +5,24 @@ for each of q, k, v. The depthwise kernel is ``stride + 1`` for a strided block 
 a strided block downsamples inside these convs. (The reference has separate query and key/value
 strides and its query conv uses the key/value one; they are always equal, so one ``stride`` is
 taken here.) Channel ``c = head * d + j`` with ``d = C / n_head``.
+
+Layout: inputs and outputs are ``(B, C, T)``; inside, everything runs on the ``(B, T, C)`` view
+(fused LayerNorm, 1x1 convs as one matmul, depthwise convs as shifted products), and the output
+is a ``(B, C, T)`` tensor whose memory is ``(B, T, C)``, which the next block reads without a copy.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ChannelLayerNorm, MaskedConv1D
+from .layers import ChannelLayerNorm, MaskedConv1D, PointwiseConv1d, depthwise_conv_btc
 
 PADDED_KEY_BIAS = -1e4      # additive score of a padded key inside the local band
+BAND_BLOCK = 64             # queries per block of the banded local attention
 
 
 class _MHCAFrontEnd(nn.Module):
@@ -39,31 +44,37 @@ class _MHCAFrontEnd(nn.Module):
         self.key_norm = ChannelLayerNorm(n_embd)
         self.value_conv = MaskedConv1D(n_embd, n_embd, kernel, stride=stride, groups=n_embd, bias=False)
         self.value_norm = ChannelLayerNorm(n_embd)
-        self.key = nn.Conv1d(n_embd, n_embd, 1)
-        self.query = nn.Conv1d(n_embd, n_embd, 1)
-        self.value = nn.Conv1d(n_embd, n_embd, 1)
-        self.proj = nn.Conv1d(n_embd, n_embd, 1)
+        self.key = PointwiseConv1d(n_embd, n_embd)
+        self.query = PointwiseConv1d(n_embd, n_embd)
+        self.value = PointwiseConv1d(n_embd, n_embd)
+        self.proj = PointwiseConv1d(n_embd, n_embd)
 
     def _qkv(self, x: torch.Tensor, mask: torch.Tensor
              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns q, k, v as ``(B, h, T', d)`` and the query / key masks ``(B, 1, T')``."""
-        q, q_mask = self.query_conv(x, mask)
-        q = self.query_norm(q)
-        k, kv_mask = self.key_conv(x, mask)
-        k = self.key_norm(k)
-        v, _ = self.value_conv(x, mask)
-        v = self.value_norm(v)
-        q, k, v = self.query(q), self.key(k), self.value(v)   # (B, C, T')
-        return self._heads(q), self._heads(k), self._heads(v), q_mask, kv_mask
+        """x ``(B, C, T)`` -> q, k, v as ``(B, h, T', d)`` (views of ``(B, T', h, d)`` memory)
+        and the query / key masks ``(B, 1, T')`` (equal)."""
+        xt = x.transpose(1, 2)                                              # (B, T, C)
+        out_mask = (mask[:, :, ::self.stride] if self.stride > 1 else mask).bool()
+        m = out_mask.transpose(1, 2).to(x.dtype)                            # (B, T', 1)
+        heads = []
+        for conv, norm, proj in ((self.query_conv, self.query_norm, self.query),
+                                 (self.key_conv, self.key_norm, self.key),
+                                 (self.value_conv, self.value_norm, self.value)):
+            y = depthwise_conv_btc(xt, conv.conv.weight, self.stride) * m   # MaskedConv1D
+            heads.append(self._heads(proj.forward_btc(norm.forward_btc(y))))
+        q, k, v = heads
+        return q, k, v, out_mask, out_mask
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, t = x.shape
-        return x.view(b, self.n_head, self.n_channels, t).transpose(2, 3)   # (B, h, T, d)
+        b, t, _ = x.shape                                                   # (B, T, C)
+        return x.view(b, t, self.n_head, self.n_channels).transpose(1, 2)   # (B, h, T, d)
 
     def _merge(self, out: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
-        b, _, t, _ = out.shape                                              # (B, h, T, d)
-        out = out.transpose(2, 3).contiguous().view(b, self.n_embd, t)     # (B, C, T)
-        return self.proj(out) * q_mask.to(out.dtype)
+        """``(B, h, T, d)`` -> ``proj(out) * m_q`` as ``(B, C, T)`` (memory ``(B, T, C)``)."""
+        b, _, t, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, t, self.n_embd)               # (B, T, C)
+        out = self.proj.forward_btc(out) * q_mask.transpose(1, 2).to(out.dtype)
+        return out.transpose(1, 2)
 
 
 class MaskedMHCA(_MHCAFrontEnd):
@@ -79,14 +90,75 @@ class MaskedMHCA(_MHCAFrontEnd):
         return self._merge(out, q_mask), q_mask
 
 
+def band_block(t: int) -> int:
+    """Queries per block for length ``t``: ``t`` itself up to :data:`BAND_BLOCK`, else the largest
+    divisor of ``t`` in ``[BAND_BLOCK / 2, BAND_BLOCK]`` (no tail block), else BAND_BLOCK."""
+    if t <= BAND_BLOCK:
+        return t
+    for q_len in range(BAND_BLOCK, BAND_BLOCK // 2 - 1, -1):
+        if t % q_len == 0:
+            return q_len
+    return BAND_BLOCK
+
+
+def band_bias(kv_mask: torch.Tensor, half: int, block: int, rel_pe: torch.Tensor | None
+              ) -> torch.Tensor:
+    """Additive scores of the blocked band ``(B, h or 1, nb, Q, Q + 2w)`` (see
+    :func:`band_attention`): -inf off the band ``|j - i| <= w`` and outside ``[0, T)``, -1e4 on a
+    padded key, ``rel_pe[h, j - i + w]`` on the band (``rel_pe (h, 2w + 1)`` or None)."""
+    t = kv_mask.shape[-1]
+    w, q_len = half, block
+    nb = -(-t // q_len)
+    a = torch.arange(q_len, device=kv_mask.device)[:, None]                # query in block
+    c = torch.arange(q_len + 2 * w, device=kv_mask.device)[None, :]        # key slot
+    j = torch.arange(nb, device=kv_mask.device)[:, None, None] * q_len + (c - w)   # (nb, 1, S)
+    i = torch.arange(nb, device=kv_mask.device)[:, None, None] * q_len + a  # (nb, Q, 1)
+    # tail rows (i >= T, cut off after) keep finite scores: no all -inf row, no NaN gradient
+    inside = ((c - a >= 0) & (c - a <= 2 * w) & (j >= 0) & (j < t)) | (i >= t)   # (nb, Q, S)
+    key_ok = F.pad(kv_mask[:, 0], (w, nb * q_len - t + w), value=True).unfold(1, q_len + 2 * w, q_len)
+    dtype = rel_pe.dtype if rel_pe is not None else torch.float32
+    bias = (~key_ok).to(dtype)[:, None, :, None, :] * PADDED_KEY_BIAS      # (B, 1, nb, 1, S)
+    bias = bias.masked_fill(~inside[None, None], float("-inf"))            # (B, 1, nb, Q, S)
+    if rel_pe is not None:
+        rel = rel_pe[:, (c - a).clamp(0, 2 * w)]                           # (h, Q, S)
+        bias = bias + rel[None, :, None]
+    return bias
+
+
+def band_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                   half: int, block: int) -> torch.Tensor:
+    """``O_i = sum_{|j - i| <= w} softmax_j(q_i . k_j + bias_ij) v_j`` for ``(B, h, T, d)`` inputs.
+
+    Queries are cut into blocks of ``Q = block``; block ``n`` scores the keys ``nQ - w ..
+    nQ + Q - 1 + w`` (``Q + 2w`` slots, zero-padded at the ends) in one batched matmul; ``bias``
+    (:func:`band_bias`) removes the slots off each query's band. Equal to the ``2w + 1``-slot band
+    softmax up to reduction order (exp(-inf) = 0 exactly).
+    """
+    b, h, t, d = q.shape
+    w, q_len = half, block
+    nb = -(-t // q_len)
+    tail = nb * q_len - t
+    span = q_len + 2 * w
+    qb = F.pad(q, (0, 0, 0, tail)).reshape(b, h, nb, q_len, d)               # (B, h, nb, Q, d)
+    kp, vp = F.pad(k, (0, 0, w, tail + w)), F.pad(v, (0, 0, w, tail + w))   # (B, h, T + .., d)
+    # the blocks' key windows as one contiguous tensor (faster than unfold views, backward too)
+    kb = torch.stack([kp[:, :, n * q_len:n * q_len + span] for n in range(nb)], dim=2)
+    vb = torch.stack([vp[:, :, n * q_len:n * q_len + span] for n in range(nb)], dim=2)
+    att = torch.matmul(qb, kb.transpose(-1, -2))                            # (B, h, nb, Q, S)
+    att = F.softmax(att + bias.to(att.dtype), dim=-1)
+    out = torch.matmul(att, vb)                                             # (B, h, nb, Q, d)
+    return out.reshape(b, h, nb * q_len, d)[:, :, :t]
+
+
 class LocalMaskedMHCA(_MHCAFrontEnd):
     """Local (banded) masked attention with odd ``window_size``; query i sees keys ``[i-w, i+w]``.
 
-    Band slots outside the sequence get -inf, padded keys inside it get -1e4 added, rows of
-    padded queries are zeroed after the softmax, and v is not masked. Optional learnable
-    ``rel_pe`` ``(1, 1, h, window)`` is added to the band scores before masking. Vectorised over
-    positions (a loop over the 2w+1 band slots only); the reference's sliding-chunk kernel gives
-    the same values up to reduction order.
+    Band slots outside the sequence get -inf, padded keys inside it get -1e4 added, and v is not
+    masked; rows of padded queries are zeroed by the output mask (the reference zeroes them after
+    the softmax: the same output and gradients). Optional learnable ``rel_pe`` ``(1, 1, h,
+    window)`` is added to the band scores before masking. Computed blockwise as batched matmuls
+    (:func:`band_attention`); the reference's sliding-chunk kernel gives the same values up to
+    reduction order.
     """
 
     def __init__(self, n_embd: int, n_head: int, window_size: int, stride: int = 1,
@@ -100,34 +172,14 @@ class LocalMaskedMHCA(_MHCAFrontEnd):
             self.rel_pe = nn.Parameter(torch.zeros(1, 1, n_head, window_size))
             nn.init.trunc_normal_(self.rel_pe, std=(2.0 / n_embd) ** 0.5)
 
-    def _shifted(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """(B, h, T, d) -> 2w+1 views (B, h, T, d); view o holds position ``i - w + o`` (0 outside)."""
-        t = x.shape[2]
-        xp = F.pad(x, (0, 0, self.half, self.half))                         # (B, h, T + 2w, d)
-        return [xp[:, :, o:o + t] for o in range(self.window_size)]
-
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # x: (B, C, T); mask: (B, 1, T) bool -> out (B, C, T'), out mask (B, 1, T')
         q, k, v, q_mask, kv_mask = self._qkv(x, mask)
         h, t = q.shape[1], q.shape[2]
-        w, win = self.half, self.window_size
-        q = q * self.scale
-        # one vectorised product per band slot (2w + 1 of them), not per position
-        att = torch.stack([(q * k_o).sum(-1) for k_o in self._shifted(k)], dim=-1)   # (B, h, T, W)
-        if self.use_rel_pe:
-            att = att + self.rel_pe.view(h, win)[None, :, None, :]
-        # slot o of query i is key j = i - w + o
-        j = torch.arange(t, device=x.device)[:, None] + torch.arange(-w, w + 1, device=x.device)
-        outside = (j < 0) | (j >= t)                                        # (T, W)
-        key_ok = F.pad(kv_mask[:, 0], (w, w), value=True).unfold(1, win, 1)  # (B, T, W)
-        att = att.masked_fill(outside, float("-inf"))
-        att = att + (~key_ok).to(att.dtype)[:, None] * PADDED_KEY_BIAS
-        att = F.softmax(att, dim=-1)
-        att = att.masked_fill(~kv_mask[:, :, :, None], 0.0)                # padded query rows
-        v_band = self._shifted(v)
-        out = att[..., :1] * v_band[0]                                      # (B, h, T, d)
-        for o in range(1, win):
-            out = out + att[..., o:o + 1] * v_band[o]
+        block = band_block(t)
+        rel = self.rel_pe.view(h, self.window_size) if self.use_rel_pe else None
+        bias = band_bias(kv_mask, self.half, block, rel)
+        out = band_attention(q * self.scale, k, v, bias, self.half, block)   # (B, h, T', d)
         return self._merge(out, q_mask), q_mask
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .attention import make_attention
-from .layers import AffineDropPath, ChannelLayerNorm
+from .layers import AffineDropPath, ChannelLayerNorm, PointwiseConv1d, channels_last
 
 MLP_RATIO = 4
 
@@ -35,10 +35,10 @@ class TransformerBlock(nn.Module):
             self.pool_skip = nn.Identity()
         hidden = MLP_RATIO * n_embd
         self.mlp = nn.Sequential(
-            nn.Conv1d(n_embd, hidden, 1),
+            PointwiseConv1d(n_embd, hidden),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.Conv1d(hidden, n_embd, 1),
+            PointwiseConv1d(hidden, n_embd),
             nn.Dropout(dropout),
         )
         if droppath > 0.0:
@@ -50,6 +50,9 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # x: (B, C, T); mask: (B, 1, T) bool -> (B, C, T / s), (B, 1, T / s)
+        # everything below runs on (B, T, C) memory (fused LN, 1x1 convs as one matmul); the
+        # output keeps it, so the next block starts without a copy
+        x = channels_last(x)
         out, out_mask = self.attn(self.ln1(x), mask)
         m = out_mask.to(out.dtype)
         out = self.pool_skip(x) * m + self.drop_path_attn(out)

@@ -1,4 +1,9 @@
-"""The ActionFormer detector network: backbone -> neck -> shared heads, plus candidate points.
+"""The ActionFormer detector network: backbone -> neck -> heads, plus candidate points.
+
+Several tasks (a unified model, README: unified model) share the backbone and the neck; every
+task has its own classification head (``cls_heads.<task>``) and the regression head is shared
+(``reg_head``) or per task (``reg_heads.<task>``, ``model.task_heads.regression``). A one-task
+model has exactly the original layout (``cls_head``, ``reg_head``), so original checkpoints load.
 
 ``Detector`` takes typed keyword arguments named like the config keys and works without a
 config; :meth:`Detector.from_config` is the only place that reads a config, and
@@ -19,11 +24,13 @@ import torch.nn as nn
 from libs.common.checkpoints import load_checkpoint
 from libs.common.errors import UserError
 from libs.config import Config, resolve_config
+from libs.config.tasks import task_values
 from libs.config.upgrade import upgrade_stored_config
 
 from .backbone import build_backbone
 from .heads import ClsHead, RegHead
 from .layers import AffineDropPath
+from .modality_dropout import ModalityDropout
 from .neck import build_neck
 from .points import PointGenerator
 
@@ -32,24 +39,34 @@ class Detector(nn.Module):
 
     ``backbone_feats`` / ``fpn_feats``: lists of ``(B, C_l, T_l)``; ``fpn_masks``: list of
     ``(B, T_l)`` bool; ``points``: list of ``(T_l, 4)`` rows ``[t, lo, hi, stride]`` (grid cells);
-    ``cls_logits``: list of ``(B, T_l, K)``; ``offsets``: list of ``(B, T_l, 2)`` (stride units).
+    ``cls_logits``: list of ``(B, T_l, K)`` (several tasks: the tasks' logits side by side, the
+    joint label space of ``libs/config/tasks.py``); ``offsets``: list of ``(B, T_l, 2 R)`` (stride
+    units; ``R`` regression heads: 1, or one per task in task order).
     ``T`` must be divisible by :attr:`max_div_factor`; in training ``T <= max_seq_len``; in eval
     a ``T >= max_seq_len`` stretches the position embedding and ``T`` is limited by the point
     buffers (``max_seq_len * max_buffer_len_factor``).
     """
 
     def __init__(self, *, input_groups: Sequence[int], group_proj_dims: Optional[Sequence[int]],
-                 num_classes: int, max_seq_len: int, backbone: str, backbone_arch: Sequence[int],
+                 tasks: Sequence[str], task_num_classes: Sequence[int], task_regression: str,
+                 input_dims: Sequence[int], modality_dropout: float,
+                 max_seq_len: int, backbone: str, backbone_arch: Sequence[int],
                  scale_factor: int, n_head: int, n_mha_win_size: Sequence[int],
                  embd_kernel_size: int, embd_dim: int, embd_with_ln: bool, neck: str,
                  fpn_dim: Optional[int], fpn_with_ln: bool, fpn_start_level: int,
                  head_dim: Optional[int], head_kernel_size: int, head_num_layers: int,
                  head_with_ln: bool, max_buffer_len_factor: float, use_abs_pe: bool,
                  use_rel_pe: bool, regression_range: Sequence[Sequence[float]], dropout: float,
-                 droppath: float, cls_prior_prob: float, head_empty_cls: Sequence[int]) -> None:
+                 droppath: float, cls_prior_prob: Sequence[float],
+                 head_empty_cls: Sequence[int]) -> None:
         super().__init__()
-        self.num_classes = num_classes
+        assert len(tasks) == len(task_num_classes) == len(cls_prior_prob) >= 1
+        self.tasks: List[str] = list(tasks)
+        self.task_num_classes: List[int] = [int(n) for n in task_num_classes]
+        self.num_classes = sum(self.task_num_classes)
+        self.reg_per_task = len(tasks) > 1 and task_regression == "per_task"
         self.max_seq_len = max_seq_len
+        self.modality_dropout = ModalityDropout(input_dims, modality_dropout)
         self.backbone = build_backbone(
             backbone, input_groups=list(input_groups), group_proj_dims=group_proj_dims,
             embd_dim=embd_dim, n_head=n_head,
@@ -68,11 +85,25 @@ class Detector(nn.Module):
                                               max_buffer_len_factor)
         neck_dim = self.neck.out_channels
         head_dim = neck_dim if head_dim is None else head_dim
-        self.cls_head = ClsHead(neck_dim, head_dim, num_classes, prior_prob=cls_prior_prob,
-                                num_layers=head_num_layers, kernel_size=head_kernel_size,
-                                with_ln=head_with_ln, empty_cls=head_empty_cls)
-        self.reg_head = RegHead(neck_dim, head_dim, len(self.strides), num_layers=head_num_layers,
-                                kernel_size=head_kernel_size, with_ln=head_with_ln)
+        offsets = [sum(self.task_num_classes[:i]) for i in range(len(tasks))]
+        cls_heads = [
+            ClsHead(neck_dim, head_dim, n, prior_prob=p, num_layers=head_num_layers,
+                    kernel_size=head_kernel_size, with_ln=head_with_ln,
+                    empty_cls=[c - lo for c in head_empty_cls if lo <= c < lo + n])
+            for n, p, lo in zip(self.task_num_classes, cls_prior_prob, offsets)]
+
+        def reg_head() -> RegHead:
+            return RegHead(neck_dim, head_dim, len(self.strides), num_layers=head_num_layers,
+                           kernel_size=head_kernel_size, with_ln=head_with_ln)
+
+        if len(tasks) == 1:          # the original layout (state-dict keys cls_head., reg_head.)
+            self.cls_head = cls_heads[0]
+        else:
+            self.cls_heads = nn.ModuleDict(dict(zip(self.tasks, cls_heads)))
+        if self.reg_per_task:
+            self.reg_heads = nn.ModuleDict({t: reg_head() for t in self.tasks})
+        else:
+            self.reg_head = reg_head()
 
     @property
     def max_div_factor(self) -> int:
@@ -89,11 +120,21 @@ class Detector(nn.Module):
         # feats: (B, C, T); masks: (B, 1, T) bool
         assert feats.dim() == 3 and masks.shape == (feats.shape[0], 1, feats.shape[2])
         masks = masks.bool()
+        if self.training:
+            feats = self.modality_dropout(feats)
         backbone_feats, backbone_masks = self.backbone(feats, masks)
         fpn_feats, fpn_masks = self.neck(backbone_feats, backbone_masks)
         points = self.point_generator([f.shape[-1] for f in fpn_feats])
-        cls_logits = self.cls_head(fpn_feats, fpn_masks)                  # list of (B, K, T_l)
-        offsets = self.reg_head(fpn_feats, fpn_masks)                     # list of (B, 2, T_l)
+        if len(self.tasks) == 1:
+            cls_logits = self.cls_head(fpn_feats, fpn_masks)              # list of (B, K, T_l)
+        else:                                                             # tasks side by side
+            per_task = [self.cls_heads[t](fpn_feats, fpn_masks) for t in self.tasks]
+            cls_logits = [torch.cat(levels, dim=1) for levels in zip(*per_task)]
+        if self.reg_per_task:
+            per_task = [self.reg_heads[t](fpn_feats, fpn_masks) for t in self.tasks]
+            offsets = [torch.cat(levels, dim=1) for levels in zip(*per_task)]  # (B, 2 R, T_l)
+        else:
+            offsets = self.reg_head(fpn_feats, fpn_masks)                 # list of (B, 2, T_l)
         return {
             "backbone_feats": backbone_feats,
             "fpn_feats": fpn_feats,
@@ -105,16 +146,17 @@ class Detector(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Detector":
-        """Build from a resolved config (``model``, ``derived``, ``dataset.num_classes`` /
-        ``max_seq_len``, ``train_cfg.cls_prior_prob`` / ``head_empty_cls``)."""
-        m = cfg.model
-        return cls(input_groups=cfg.derived.input_groups,
-                   group_proj_dims=cfg.derived.group_proj_dims,
-                   num_classes=cfg.dataset.num_classes, max_seq_len=cfg.dataset.max_seq_len,
-                   cls_prior_prob=cfg.train_cfg.cls_prior_prob,
+        """Build from a resolved config (``model``, ``derived`` (tasks, classes, input groups),
+        ``dataset.max_seq_len``, ``train_cfg.cls_prior_prob`` / ``head_empty_cls``)."""
+        m, d = cfg.model, cfg.derived
+        return cls(input_groups=d.input_groups, group_proj_dims=d.group_proj_dims,
+                   tasks=d.tasks, task_num_classes=d.task_num_classes,
+                   task_regression=m.task_heads.regression, input_dims=d.input_dims,
+                   max_seq_len=cfg.dataset.max_seq_len,
+                   cls_prior_prob=task_values(cfg.train_cfg.cls_prior_prob, d.tasks),
                    head_empty_cls=cfg.train_cfg.head_empty_cls,
                    **{f.name: getattr(m, f.name) for f in dataclasses.fields(m)
-                      if f.name != "proj_dims"})
+                      if f.name not in ("proj_dims", "task_heads")})
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], weights: str = "ema") -> "Detector":

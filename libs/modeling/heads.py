@@ -2,12 +2,13 @@
 
 Each head has ``num_layers - 1`` blocks ``MaskedConv1D(k) -> LN -> ReLU`` (``head.{i}``,
 ``norm.{i}``) and an output ``MaskedConv1D``. Inputs are lists of ``(B, C, T_l)`` features and
-``(B, 1, T_l)`` bool masks; outputs are lists of ``(B, C_out, T_l)``.
+``(B, 1, T_l)`` bool masks; outputs are lists of ``(B, C_out, T_l)`` float32. All levels run in one
+call per layer (:class:`LevelPack`); the output convs run in float32 under autocast.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from .layers import MaskedConv1D, Scale, maybe_norm
 
 EMPTY_CLS_PRIOR = 1e-6
+PACK_MULTIPLE = 16      # packed length rounded up to this (oneDNN's bf16 convs are 2x slower otherwise)
 
 
 def prior_bias(prob: float) -> float:
@@ -23,22 +25,82 @@ def prior_bias(prob: float) -> float:
     return -math.log((1.0 - prob) / prob)
 
 
+class LevelPack(NamedTuple):
+    """All pyramid levels side by side along time, ``gap`` zero columns between two levels.
+
+    ``x`` ``(B, C, P)`` contiguous, ``P = sum T_l + (L - 1) gap`` rounded up to a multiple of
+    :data:`PACK_MULTIPLE` with zero columns at the end; ``mask`` ``(B, 1, P)`` bool (False on the
+    gaps and the end); ``keep`` ``(1, 1, P)`` float, 1 on level positions and 0 on the gaps;
+    ``starts``/``lengths``: where level ``l`` lies in ``P``.
+    """
+    x: torch.Tensor
+    mask: torch.Tensor
+    keep: torch.Tensor
+    starts: List[int]
+    lengths: List[int]
+
+    @staticmethod
+    def build(feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], gap: int) -> "LevelPack":
+        lengths = [int(f.shape[-1]) for f in feats]
+        starts = [sum(lengths[:i]) + i * gap for i in range(len(lengths))]
+        f0, m0 = feats[0], masks[0]
+        xs: List[torch.Tensor] = []
+        ms: List[torch.Tensor] = []
+        keep: List[torch.Tensor] = []
+        for i, (f, m) in enumerate(zip(feats, masks)):
+            if i > 0 and gap > 0:
+                xs.append(f0.new_zeros(f0.shape[0], f0.shape[1], gap))
+                ms.append(m0.new_zeros(m0.shape[0], 1, gap))
+                keep.append(torch.zeros(gap, dtype=f0.dtype, device=f0.device))
+            xs.append(f)
+            ms.append(m.bool())
+            keep.append(torch.ones(f.shape[-1], dtype=f0.dtype, device=f0.device))
+        tail = -(starts[-1] + lengths[-1]) % PACK_MULTIPLE
+        if tail:                          # trailing zero columns: an aligned length for the convs
+            xs.append(f0.new_zeros(f0.shape[0], f0.shape[1], tail))
+            ms.append(m0.new_zeros(m0.shape[0], 1, tail))
+            keep.append(torch.zeros(tail, dtype=f0.dtype, device=f0.device))
+        return LevelPack(torch.cat(xs, dim=2).contiguous(), torch.cat(ms, dim=2),
+                         torch.cat(keep).view(1, 1, -1), starts, lengths)
+
+    def split(self, y: torch.Tensor) -> List[torch.Tensor]:
+        """``(B, K, P)`` -> per level ``(B, K, T_l)`` (views)."""
+        return [y[:, :, s:s + n] for s, n in zip(self.starts, self.lengths)]
+
+
 class _HeadTrunk(nn.Module):
+    """``num_layers - 1`` blocks conv -> LN -> ReLU, run on every level at once: the levels are
+    packed along time (:class:`LevelPack`) with ``kernel_size // 2`` zero columns between two
+    levels, which are re-zeroed after each block, so no conv mixes levels (the same values as one
+    call per level, in one conv call per layer)."""
+
     def __init__(self, input_dim: int, feat_dim: int, num_layers: int, kernel_size: int,
                  with_ln: bool) -> None:
         super().__init__()
         self.head = nn.ModuleList()
         self.norm = nn.ModuleList()
+        self.kernel_size = kernel_size
         for i in range(num_layers - 1):
             self.head.append(MaskedConv1D(input_dim if i == 0 else feat_dim, feat_dim, kernel_size,
                                           bias=not with_ln))
             self.norm.append(maybe_norm(feat_dim, with_ln))
 
-    def _trunk(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _pack(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> LevelPack:
+        return LevelPack.build(feats, masks, self.kernel_size // 2)
+
+    def _trunk(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        # x (B, C, P); mask (B, 1, P); keep (1, 1, P): 0 on the gaps between levels
         for conv, norm in zip(self.head, self.norm):
             x, _ = conv(x, mask)
-            x = F.relu(norm(x))                        # padding is not re-zeroed (docs/numerics.md s.4.9)
+            # padding is not re-zeroed (docs/numerics.md s.4.9); only the gaps between levels are
+            x = F.relu(norm(x)) * keep.to(x.dtype)
         return x
+
+    def _output(self, conv: MaskedConv1D, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The output conv in float32 (outside autocast): logits and offsets are not rounded to
+        bf16/fp16 before scoring (docs/numerics.md s.4.7)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return conv(x.float(), mask)[0]
 
 
 class ClsHead(_HeadTrunk):
@@ -56,8 +118,17 @@ class ClsHead(_HeadTrunk):
                 self.cls_head.conv.bias[list(empty_cls)] = prior_bias(EMPTY_CLS_PRIOR)
 
     def forward(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        # -> list of (B, K, T_l)
-        return [self.cls_head(self._trunk(x, m), m)[0] for x, m in zip(feats, masks)]
+        # feats: list of (B, C, T_l); masks: list of (B, 1, T_l) -> list of (B, K, T_l) float32
+        pack = self._pack(feats, masks)
+        if self.training:
+            x = self._trunk(pack.x, pack.mask, pack.keep)
+        else:
+            # inference: the whole head in float32 even under autocast; the scores are ranked, and
+            # bf16 rounding in this conv/LN chain cost 2.8 points of mAP on a young checkpoint
+            # (docs/numerics.md s.4.7)
+            with torch.autocast(device_type=pack.x.device.type, enabled=False):
+                x = self._trunk(pack.x.float(), pack.mask, pack.keep)
+        return pack.split(self._output(self.cls_head, x, pack.mask))
 
 
 class RegHead(_HeadTrunk):
@@ -70,7 +141,16 @@ class RegHead(_HeadTrunk):
         self.offset_head = MaskedConv1D(feat_dim, 2, kernel_size, bias=True)
 
     def forward(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        # -> list of (B, 2, T_l)
+        # feats: list of (B, C, T_l); masks: list of (B, 1, T_l) -> list of (B, 2, T_l) float32
         assert len(feats) == len(self.scale)
-        return [F.relu(scale(self.offset_head(self._trunk(x, m), m)[0]))
-                for x, m, scale in zip(feats, masks, self.scale)]
+        pack = self._pack(feats, masks)
+        x = self._trunk(pack.x, pack.mask, pack.keep)
+        y = self._output(self.offset_head, x, pack.mask)                 # (B, 2, P)
+        # Scale_l per level: one multiply by the per-position scale (any value on the gaps)
+        parts = []
+        for i, (scale, n) in enumerate(zip(self.scale, pack.lengths)):
+            if i > 0 and self.kernel_size // 2 > 0:
+                parts.append(scale.scale.expand(self.kernel_size // 2))
+            parts.append(scale.scale.expand(n))
+        parts.append(self.scale[-1].scale.expand(y.shape[-1] - pack.starts[-1] - pack.lengths[-1]))
+        return pack.split(F.relu(y * torch.cat(parts).view(1, 1, -1)))

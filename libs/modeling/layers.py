@@ -8,6 +8,7 @@ from typing import Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class MaskedConv1D(nn.Module):
@@ -37,11 +38,86 @@ class MaskedConv1D(nn.Module):
         return out, out_mask.bool()
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, T)`` -> the same values as a ``(B, C, T)`` view of ``(B, T, C)``-contiguous memory
+    (no copy when ``x`` is one already)."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+class PointwiseConv1d(nn.Conv1d):
+    """A 1x1 ``nn.Conv1d`` (same parameters, init and state-dict entries) computed as one matmul
+    over the channels, ``F.linear`` on the ``(B, T, C)`` view: the same function up to rounding.
+
+    ``forward(x (B, C_in, T))`` returns ``(B, C_out, T)`` whose memory is ``(B, T, C_out)``
+    (channels last); a channels-last input is read without a copy.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_btc(channels_last(x).transpose(1, 2)).transpose(1, 2)
+
+    def forward_btc(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C_in) -> (B, T, C_out)``; ``x`` should be contiguous (a strided input makes
+        ``F.linear`` fall back to a batched matmul that copies the weight per video)."""
+        return F.linear(x, self.weight[:, :, 0], self.bias)
+
+
+def depthwise_conv_btc(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """Depthwise ``Conv1d`` (no bias, zero padding ``k // 2``) of a ``(B, T, C)`` tensor.
+
+    ``weight``: ``(C, 1, k)``, odd ``k``; output ``(B, T / stride, C)`` contiguous: ``y[t] =
+    sum_i w[i] x[stride t + i - k // 2]``. oneDNN's depthwise kernel on the ``(B, C, T)`` view
+    plus one transposed copy is faster, backward included, than ``k`` shifted products.
+    """
+    k = weight.shape[-1]
+    out = F.conv1d(x.transpose(1, 2), weight, stride=stride, padding=k // 2, groups=x.shape[-1])
+    return out.transpose(1, 2).contiguous()
+
+
+def _channel_ln_normalise(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(x - mu) / sqrt(var + eps)`` over dim 1 in the order of docs/numerics.md s.4.2, and the
+    root ``(B, 1, T)``."""
+    mu = torch.mean(x, dim=1, keepdim=True)                   # (B, 1, T)
+    res = x - mu
+    var = torch.mean(res ** 2, dim=1, keepdim=True)           # (B, 1, T)
+    std = torch.sqrt(var + eps)
+    return res / std, std
+
+
+class _ChannelLayerNormFn(torch.autograd.Function):
+    """The explicit channel LN on ``(B, C, T)`` memory with a hand-written backward: the forward
+    is the same op sequence (same values); the backward ``dx = (dy - mean(dy) - y mean(dy y)) /
+    std`` with ``dy = g w`` takes a third of the passes of autograd's chain (same gradient up to
+    rounding)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float):
+        y, std = _channel_ln_normalise(x, eps)
+        ctx.save_for_backward(y, std, weight)
+        return y * weight + bias
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        y, std, weight = ctx.saved_tensors
+        dy = g * weight
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = (dy - dy.mean(dim=1, keepdim=True)
+                  - y * (dy * y).mean(dim=1, keepdim=True)) / std
+        dw = (g * y).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[1] else None
+        db = g.sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[2] else None
+        return dx, dw, db, None
+
+
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channels of a ``(B, C, T)`` tensor, affine params of shape ``(1, C, 1)``.
 
-    Op order (docs/numerics.md s.4.2): mean, subtract, mean of squares (biased), sqrt(var + eps), divide, then
-    ``* weight + bias``. An all-zero column maps to ``bias``.
+    ``(x - mean) / sqrt(var + eps) * weight + bias`` per ``(b, t)``, biased variance
+    (docs/numerics.md s.4.2), computed by one fused ``F.layer_norm`` on the ``(B, T, C)`` view.
+    An all-zero column maps to ``bias`` exactly.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
@@ -57,16 +133,28 @@ class ChannelLayerNorm(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, C, T)
+        # x: (B, C, T) -> (B, C, T) in x's memory layout
         assert x.dim() == 3 and x.shape[1] == self.num_channels
-        mu = torch.mean(x, dim=1, keepdim=True)               # (B, 1, T)
-        res = x - mu
-        var = torch.mean(res ** 2, dim=1, keepdim=True)       # (B, 1, T)
-        out = res / torch.sqrt(var + self.eps)
+        if x.transpose(1, 2).is_contiguous() or x.dtype in (torch.bfloat16, torch.float16):
+            # channels-last memory: one fused kernel; bf16/fp16 (autocast): the fused kernel too
+            # (float32 statistics, one rounding), not eight rounded bf16 steps
+            return self.forward_btc(x.transpose(1, 2)).transpose(1, 2)
+        # float32 (B, C, T) memory: reduce over the strided channel dim (no transposed copies)
+        if self.affine and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return _ChannelLayerNormFn.apply(x, self.weight, self.bias, self.eps)
+        out = _channel_ln_normalise(x, self.eps)[0]
         if self.affine:
             out = out * self.weight
             out = out + self.bias
         return out
+
+    def forward_btc(self, x: torch.Tensor) -> torch.Tensor:
+        """The same LN on a ``(B, T, C)`` tensor: one fused ``F.layer_norm`` over the last dim
+        (biased variance, ``eps`` inside the root; docs/numerics.md s.4.2: the explicit op
+        sequence up to rounding). A ``(B, T, C)``-contiguous input is not copied."""
+        w = self.weight.view(-1) if self.affine else None
+        b = self.bias.view(-1) if self.affine else None
+        return F.layer_norm(x, (self.num_channels,), w, b, self.eps)
 
 
 class Scale(nn.Module):
@@ -119,4 +207,4 @@ def maybe_norm(num_channels: int, with_ln: bool) -> nn.Module:
     return ChannelLayerNorm(num_channels) if with_ln else nn.Identity()
 
 
-__all__ = ["MaskedConv1D", "ChannelLayerNorm", "Scale", "drop_path", "AffineDropPath", "maybe_norm"]
+__all__ = ["MaskedConv1D", "channels_last", "PointwiseConv1d", "depthwise_conv_btc", "ChannelLayerNorm", "Scale", "drop_path", "AffineDropPath", "maybe_norm"]

@@ -30,7 +30,6 @@ from libs.config.compare import architecture_diff
 from libs.config.schema import Config
 from libs.config.spec import show_value
 from libs.modeling.detector import checkpoint_config
-from libs.modeling.losses import LossNormalizer
 from libs.training.ema import ModelEma
 from libs.training.run_dir import BEST_NAME, INTERRUPTED_NAME, Progress, describe_progress
 from libs.training.signals import EXIT_REQUEUE
@@ -64,7 +63,7 @@ class Trainable:
     ema: ModelEma
     optimizer: Any
     scheduler: Any
-    normalizer: LossNormalizer
+    normalizer: Any                # LossNormalizer, or TaskNormalizers for several tasks
     state: TrainState = field(default_factory=TrainState)
     scaler: Optional[Any] = None   # torch.amp.GradScaler of fp16 training (saved when enabled)
 

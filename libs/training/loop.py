@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -19,11 +19,14 @@ from tqdm import tqdm
 from libs.common.distributed import autocast, rank_and_world, unwrap_model
 from libs.common.errors import UserError
 from libs.config.schema import Config, TrainCfgConfig
+from libs.config.tasks import TaskLayout, task_values
 from libs.evaluation.predict import predict_dataset, score_detections
+from libs.evaluation.task_metrics import TaskMetrics
 from libs.training.checkpointing import TrainState
 from libs.training.tensorboard import TensorboardWriter, log_validation
 from libs.modeling.assign import assign_targets
 from libs.modeling.losses import LossNormalizer, detection_losses, per_video_nonfinite
+from libs.modeling.multitask import TaskNormalizers, task_losses
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +40,34 @@ def to_device(batch: dict, device: torch.device) -> dict:
     out = dict(batch)
     out["feats"] = batch["feats"].to(device, non_blocking=True)
     out["masks"] = batch["masks"].to(device, non_blocking=True)
+    if batch.get("annotated") is not None:
+        out["annotated"] = batch["annotated"].to(device)
     out["segments"] = [s.to(device) for s in batch["segments"]]
     out["labels"] = [lab.to(device) for lab in batch["labels"]]
     return out
 
 
-def compute_losses(outputs: dict, batch: dict, normalizer: LossNormalizer, train_cfg: TrainCfgConfig,
-                   num_classes: int) -> Dict[str, torch.Tensor]:
-    """Targets for every point of every level, then focal + DIoU losses (docs/numerics.md s.5-6).
-    Call it outside autocast: the losses cast the head outputs to fp32."""
+def make_normalizer(cfg: Config) -> Union[LossNormalizer, TaskNormalizers]:
+    """The loss normaliser of a run: one, or one per task (``train_cfg.init_loss_norm``,
+    ``loss_norm_momentum``)."""
+    tc = cfg.train_cfg
+    if len(cfg.derived.tasks) > 1:
+        return TaskNormalizers(cfg.derived.tasks, tc.init_loss_norm, tc.loss_norm_momentum)
+    return LossNormalizer(tc.init_loss_norm, tc.loss_norm_momentum)
+
+
+def compute_losses(outputs: dict, batch: dict, normalizer: Union[LossNormalizer, TaskNormalizers],
+                   train_cfg: TrainCfgConfig, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Targets for every point of every level, then focal + DIoU losses (docs/numerics.md s.5-6);
+    per task for a several-task ``model`` (``libs/modeling/multitask.py``). Call it outside
+    autocast: the losses cast the head outputs to fp32."""
+    layout = TaskLayout(tuple(model.tasks), tuple(model.task_num_classes))
+    if layout.multi:
+        return task_losses(outputs, batch, normalizer, train_cfg, layout, model.reg_per_task,
+                           task_values(train_cfg.task_loss_weight, layout.tasks))
     points = torch.cat(outputs["points"], dim=0)  # (P, 4)
     cls_targets, reg_targets = assign_targets(
-        points, batch["segments"], batch["labels"], num_classes,
+        points, batch["segments"], batch["labels"], layout.total_classes,
         train_cfg.center_sample, train_cfg.center_sample_radius)
     return detection_losses(
         outputs["cls_logits"], outputs["offsets"], outputs["fpn_masks"], cls_targets, reg_targets,
@@ -99,7 +118,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     when a loss is NaN/inf.
     """
     model.train()
-    num_classes = unwrap_model(model).num_classes
+    core = unwrap_model(model)
     clip, amp, accum = cfg.opt.clip_grad_l2norm, cfg.train.amp, cfg.train.accum_steps
     ddp = _find_ddp(model)
     # DDP averages the processes' gradients; each process's loss is its share of the global
@@ -119,7 +138,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         optimizer.zero_grad(set_to_none=True)
         # K == 1: the normaliser is updated inside the losses before it divides (as ever);
         # K > 1: micro-batches divide by the pre-step value c (momentum 1: update keeps it)
-        c = normalizer.value
+        c = normalizer.value if accum > 1 else 1.0    # accum > 1: one task (libs/config/checks.py)
         norm = normalizer if accum == 1 else LossNormalizer(c, 1.0, reduce_fn=lambda n: n)
         values: Dict[str, float] = {}
         num_pos = 0
@@ -129,7 +148,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             with contextlib.nullcontext() if sync else ddp.no_sync():
                 with autocast(amp, device):
                     outputs = model(batch["feats"], batch["masks"])
-                losses = compute_losses(outputs, batch, norm, cfg.train_cfg, num_classes)
+                losses = compute_losses(outputs, batch, norm, cfg.train_cfg, core)
                 final = losses["final_loss"]
                 if not torch.isfinite(final):
                     bad = per_video_nonfinite(outputs["cls_logits"], outputs["offsets"])
@@ -181,6 +200,15 @@ def validate(model: nn.Module, val_set, cfg: Config, device: torch.device, epoch
     if detections is None:
         return None
     metrics = score_detections(detections, val_set)
+    if isinstance(metrics, TaskMetrics):
+        log.info("epoch %d validation (EMA weights): mean of the tasks' average mAPs %.2f%% | %s",
+                 epoch, 100 * metrics.average_map, "; ".join(
+                     f"{t} {100 * r.average_map:.2f}" for t, r in metrics.results.items()))
+        writer.add_scalar("validation/average_mAP", metrics.average_map, epoch)
+        for task, result in metrics.results.items():
+            log_validation(writer, result, val_set.task_label_names[task], epoch,
+                           prefix=f"validation_{task}")
+        return metrics.average_map
     log.info("epoch %d validation (EMA weights): average mAP %.2f%% | %s", epoch,
              100 * metrics.average_map, " ".join(f"{t:.1f}:{100 * m:.2f}" for t, m in
                                                  zip(metrics.tiou_thresholds, metrics.map_per_tiou)))

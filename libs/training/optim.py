@@ -91,9 +91,16 @@ def make_param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, A
 
 def make_optimizer(model: nn.Module, opt: OptConfig) -> torch.optim.Optimizer:
     """AdamW (torch default betas/eps) or SGD (``opt.momentum``) over the two decay groups, at
-    ``opt.learning_rate`` as given (no scaling by the number of processes)."""
+    ``opt.learning_rate`` as given (no scaling by the number of processes).
+
+    AdamW runs its fused kernel (``fused=True``: one pass over all parameters, 3x faster than the
+    per-tensor loop on CPU, docs/numerics.md s.9.2) when every parameter is a floating tensor on
+    a CPU or CUDA device; the update is the same formula, rounded differently (1 ulp)."""
     groups = make_param_groups(model, opt.weight_decay)
     if opt.type == "AdamW":
-        return torch.optim.AdamW(groups, lr=opt.learning_rate)
+        params = [p for g in groups for p in g["params"]]
+        fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                     for p in params)
+        return torch.optim.AdamW(groups, lr=opt.learning_rate, fused=fused or None)
     assert opt.type == "SGD", "opt.type is checked at config load"
     return torch.optim.SGD(groups, lr=opt.learning_rate, momentum=opt.momentum)

@@ -32,6 +32,7 @@ from libs.training.scheduler import make_scheduler, num_epochs, warmup_epochs
 log = logging.getLogger(__name__)
 
 FREE_KEYS = ("output_folder", "loader.num_workers", "loader.eval_batch_size", "dataset.cache",
+             "dataset.cache_max_gb",
              "train.print_freq", "train.ckpt_freq", "train.eval_freq", "train.dist_timeout",
              "opt.early_stop_epochs", "test_cfg.nms.backend")
 SCHEDULE_KEYS = ("opt.epochs", "opt.learning_rate", "opt.eta_min", "opt.schedule_steps",

@@ -45,21 +45,23 @@ class TensorboardWriter:
 
 
 def log_validation(writer: TensorboardWriter, metrics: Any, label_names: Mapping[int, str],
-                   epoch: int, timeline: Optional[Tuple[Any, Mapping[str, Any]]] = None) -> None:
+                   epoch: int, timeline: Optional[Tuple[Any, Mapping[str, Any]]] = None,
+                   prefix: str = "validation") -> None:
     """Validation of one epoch: average mAP, mAP per tIoU, average AP per class (named) and, with
-    ``timeline = (video record, its detections)``, that video's timeline figure."""
+    ``timeline = (video record, its detections)``, that video's timeline figure; tags under
+    ``prefix`` (one task's metrics of a several-task run: ``validation_<task>``)."""
     if not writer.enabled:
         return
-    writer.add_scalar("validation/average_mAP", metrics.average_map, epoch)
+    writer.add_scalar(f"{prefix}/average_mAP", metrics.average_map, epoch)
     for t, m in zip(metrics.tiou_thresholds, metrics.map_per_tiou):
-        writer.add_scalar(f"validation/mAP@{t:.1f}", m, epoch)
+        writer.add_scalar(f"{prefix}/mAP@{t:.1f}", m, epoch)
     for j, cid in enumerate(metrics.class_ids):
         name = label_names.get(int(cid), str(int(cid)))
-        writer.add_scalar(f"validation_class_AP/{int(cid):02d} {name}", metrics.ap[:, j].mean(), epoch)
+        writer.add_scalar(f"{prefix}_class_AP/{int(cid):02d} {name}", metrics.ap[:, j].mean(), epoch)
     if timeline is not None:
         from libs.evaluation.report import figure_to_array, timeline_figure   # matplotlib: lazy
         import matplotlib.pyplot as plt
         video, dets = timeline
         fig = timeline_figure(video, dets, label_names, title=f"{video.video_id}, epoch {epoch}")
-        writer.add_image("validation/timeline", figure_to_array(fig), epoch)
+        writer.add_image(f"{prefix}/timeline", figure_to_array(fig), epoch)
         plt.close(fig)

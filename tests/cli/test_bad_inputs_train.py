@@ -259,7 +259,10 @@ def feature_nan(w):
     a = np.load(w.feature("audio", vid))
     a[2:4] = np.nan
     np.save(w.feature("audio", vid), a)
-    return w.train_argv(), [vid, "audio"]
+    # values are checked at the video's first read (epoch 1), after the new run folder holds its
+    # config and log (no checkpoint): that folder goes outside the tree checked for changes
+    return w.train_argv("--opt", f"output_folder={w.root.parent / 'first_read_runs'}"), \
+        [vid, "audio", "non-finite values", "dataset.on_nonfinite: zero"]
 
 
 @case

@@ -101,19 +101,7 @@ def test_inference_loader_sequential_no_drop(tiny_cfg):
     np.testing.assert_allclose(first["durations"], [v.duration for v in ds.videos[:2]])
 
 
-def test_loader_with_workers_prefills_one_shared_cache(tmp_path):
-    from libs.config.loader import load_config
-    from libs.datasets import PerceptionDataset, make_loader
-    data = write_tiny_dataset(str(tmp_path / "d"))
-    cfg = load_config(write_tiny_config(str(tmp_path / "c.yaml"), data))
-    ds = PerceptionDataset.from_config(cfg, ["train"], is_training=False)
-    assert len(ds._cache) == len(ds)          # the up-front value check fills it (files read once)
-    ds._cache.clear()
-    loader = make_loader(ds, batch_size=2, num_workers=1, is_training=False, seed=0,
-                         max_seq_len=96, max_div_factor=96)
-    assert len(ds._cache) == len(ds)          # filled before the worker starts
-    ids = [vid for batch in loader for vid in batch["video_ids"]]
-    assert ids == [v.video_id for v in ds.videos]
+# the loader workers' shared feature cache: tests/datasets/test_cache.py
 
 
 def test_inference_batches_group_equal_padded_lengths_in_order():

@@ -1,5 +1,6 @@
-"""NaN/inf in feature files: found up front (dataset.on_nonfinite: error), or zeroed and counted
-(zero); the summary tool reports them (docs/numerics.md s.1.2)."""
+"""NaN/inf in feature files: found at the video's first read (dataset.on_nonfinite: error) or all
+at once by ``check_values``, or zeroed and logged (zero); the summary tool reports them
+(docs/numerics.md s.1.2)."""
 import logging
 import os
 import subprocess
@@ -55,8 +56,15 @@ def test_nonfinite_values_are_an_error_naming_video_modality_and_rows(tmp_path, 
     vid = data["video_ids"]["train"][2]
     _poison(data, "video", vid, [0, 2])
     _poison(data, "audio", data["video_ids"]["train"][0], [1], np.inf)
+    ds = _dataset(tmp_path, data)       # values are checked at each video's first read
+    assert ds[1]["video_id"] == data["video_ids"]["train"][1]
     with pytest.raises(UserError) as err:
-        _dataset(tmp_path, data)
+        ds[2]
+    msg = str(err.value)
+    assert msg.startswith(f"non-finite values (modality 'video', video '{vid}'): 2 of ")
+    assert "rows hold NaN or inf in " in msg and "dataset.on_nonfinite: zero replaces" in msg
+    with pytest.raises(UserError) as err:  # the up-front pass (tools/summarize_dataset.py) lists all
+        ds.check_values(show_progress=False)
     msg = str(err.value)
     assert "2 feature file problem(s)" in msg and "on_nonfinite: zero" in msg
     assert f"non-finite values (modality 'video', video '{vid}'): 2 of " in msg
@@ -66,7 +74,10 @@ def test_nonfinite_values_are_an_error_naming_video_modality_and_rows(tmp_path, 
 def test_other_splits_are_not_read(tmp_path):
     data = write_tiny_dataset(str(tmp_path / "d"))
     _poison(data, "video", data["video_ids"]["valid"][0], [0])
-    assert len(_dataset(tmp_path, data)) == 4          # train only: the valid NaN is not read
+    ds = _dataset(tmp_path, data)
+    assert len(ds) == 4                                 # train only: the valid NaN is not read
+    ds.check_values(show_progress=False)
+    assert [ds[i]["video_id"] for i in range(4)] == data["video_ids"]["train"]
 
 
 @pytest.mark.parametrize("cache", [True, False])
@@ -74,15 +85,22 @@ def test_zero_replaces_nonfinite_values_and_logs_the_count(tmp_path, caplog, cac
     data = write_tiny_dataset(str(tmp_path / "d"))
     vid = data["video_ids"]["train"][1]
     poisoned = _poison(data, "video", vid, [0, 1], np.nan)
+    ds = _dataset(tmp_path, data, on_nonfinite="zero", cache=cache)
     with caplog.at_level(logging.WARNING):
-        ds = _dataset(tmp_path, data, on_nonfinite="zero", cache=cache)
-    assert "NaN/inf replaced by 0 in video: 2 rows of 1 video(s)" in caplog.text
+        item = ds[1]
+        again = ds[1]
+    assert caplog.text.count(f"non-finite values (modality 'video', video '{vid}'): 2 of {poisoned.shape[0]} rows "
+                             "hold NaN or inf in ") == 1 and "replaced by 0" in caplog.text
     assert ds.nonfinite[1] == {vid: 2} and ds.nonfinite[0] == {}
-    item = ds[1]
     assert item["video_id"] == vid and torch.isfinite(item["feats"]).all()
+    torch.testing.assert_close(again["feats"], item["feats"], rtol=0, atol=0)
     audio = np.load(os.path.join(data["paths"]["audio"], vid + ".npy"))
     expected = resample_rows(np.where(np.isfinite(poisoned), poisoned, 0.0), audio.shape[0])
     np.testing.assert_allclose(item["feats"][8:].numpy(), expected.T, atol=1e-6)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        ds.check_values(show_progress=False)
+    assert "NaN/inf replaced by 0 in video: 2 rows of 1 video(s)" in caplog.text
 
 
 def test_summary_tool_counts_nonfinite_rows(tmp_path):

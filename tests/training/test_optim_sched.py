@@ -81,6 +81,26 @@ def test_param_groups_membership_and_order():
     assert g0["lr"] == 1e-3 and g0["betas"] == (0.9, 0.999) and g0["eps"] == 1e-8
 
 
+def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
+    torch.manual_seed(0)
+    model, twin = Toy(), Toy()
+    twin.load_state_dict(model.state_dict())
+    fused = make_optimizer(model, opt_cfg(type="AdamW", learning_rate=1e-2, weight_decay=0.05))
+    assert fused.param_groups[0]["fused"] is True
+    loop = torch.optim.AdamW([{"params": [p for p in g["params"]], "weight_decay": g["weight_decay"]}
+                              for g in make_optimizer(twin, opt_cfg(type="AdamW")).param_groups],
+                             lr=1e-2, foreach=False)
+    for _ in range(3):
+        for m in (model, twin):
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.grad = torch.full_like(p, 0.1) * (1 + torch.arange(p.numel()).view_as(p) % 3)
+        fused.step()
+        loop.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6), name   # same update, other rounding
+
+
 def test_param_groups_full_coverage_raises_with_names():
     model = Toy()
     model.odd = nn.Module()

@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""The unified (action + sound) demo model against the two separate demo models.
+
+    python benchmarks/bench_unified.py [--seeds 1,2,3] [--threads 1] [--variants all]
+        [--epochs N] [--out benchmarks/.unified] [--json FILE]
+
+On the bundled demo data (data/demo/, ``make demo-data``) it trains, per seed, each variant with
+``train.py`` (same schedule: the demo configs' 12 + 3 epochs unless ``--epochs``) and scores the
+last checkpoint on the valid split with ``eval.py`` (EMA weights):
+
+- ``tsl``: configs/demo_tsl_train.yaml (sound only), ``tal``: configs/demo_tal_train.yaml
+  (action only): the two separate models the unified one replaces;
+- ``recipe``: configs/demo_unified_train.yaml as it is (per-task regression heads, sound loss
+  weight 0.5);
+- ``shared``: the same with ``model.task_heads.regression: shared`` and both task loss weights 1;
+- ``per_task``: one regression head per task, both task loss weights 1;
+- ``md<p>``: ``shared`` with ``model.modality_dropout: p`` (``--dropout``, default 0.3);
+- ``--custom NAME=KEY=V;KEY=V``: the unified config with these overrides (e.g. task weights).
+
+Prints per variant the mean +- sample std over seeds of each task's average mAP, the median
+training wall time of one run (train.py process, seconds), and the unified run's time against
+the two separate runs together (same seeds, the runs interleaved seed by seed so that machine
+load hits all variants alike).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK_OF = {"tsl": ("sound_localisation",), "tal": ("action_localisation",)}
+UNIFIED = ("action_localisation", "sound_localisation")
+
+
+CUSTOM: Dict[str, List[str]] = {}     # --custom NAME=KEY=V,KEY=V: the unified config + these
+
+
+def variant_args(name: str, dropout: float) -> tuple:
+    """(config, extra --opt values) of a variant."""
+    if name in CUSTOM:
+        return "configs/demo_unified_train.yaml", CUSTOM[name]
+    if name == "tsl":
+        return "configs/demo_tsl_train.yaml", []
+    if name == "tal":
+        return "configs/demo_tal_train.yaml", []
+    if name == "recipe":
+        return "configs/demo_unified_train.yaml", []
+    opts = [f"model.task_heads.regression={'per_task' if name == 'per_task' else 'shared'}",
+            "train_cfg.task_loss_weight=1.0"]
+    if name.startswith("md"):
+        opts.append(f"model.modality_dropout={dropout}")
+    return "configs/demo_unified_train.yaml", opts
+
+
+def run(cmd: List[str], threads: int) -> float:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def one_run(name: str, seed: int, args: argparse.Namespace) -> Dict[str, float]:
+    config, opts = variant_args(name, args.dropout)
+    out = Path(args.out) / f"{name}_s{seed}"
+    if out.exists():
+        shutil.rmtree(out)
+    opts = opts + [f"seed={seed}", f"output_folder={out.parent}", "train.eval_freq=0"]
+    if args.epochs is not None:
+        opts.append(f"opt.epochs={args.epochs}")
+    run_dir = out.parent / f"{Path(config).stem}_{out.name}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    py = sys.executable
+    train_s = run([py, "train.py", config, "--output", out.name, "--device", "cpu", "--threads",
+                   str(args.threads), "--opt", *opts], args.threads)
+    run([py, "eval.py", config, str(run_dir), "--split", "valid", "--device", "cpu", "--threads",
+         str(args.threads), "--no-progress", "--out", str(run_dir / "valid.json"), "--opt",
+         *opts], args.threads)
+    report = json.loads((run_dir / "valid_metrics.json").read_text())
+    if "tasks" in report:
+        maps = {t: r["average_map"] for t, r in report["tasks"].items()}
+    else:
+        maps = {TASK_OF[name][0]: report["average_map"]}
+    return {"train_s": train_s, **maps}
+
+
+def summary(results: Dict[str, List[Dict[str, float]]]) -> str:
+    def ms(xs: List[float]) -> str:
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        return f"{100 * statistics.mean(xs):.2f} +- {100 * sd:.2f}"
+
+    lines = ["| variant | action avg mAP (%) | sound avg mAP (%) | train s (median) |",
+             "|---|---|---|---|"]
+    for name, runs in results.items():
+        cells = []
+        for task in UNIFIED:
+            vals = [r[task] for r in runs if task in r]
+            cells.append(ms(vals) if vals else "-")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | "
+                     f"{statistics.median(r['train_s'] for r in runs):.1f} |")
+    if "tsl" in results and "tal" in results:
+        separate = [a["train_s"] + b["train_s"] for a, b in zip(results["tsl"], results["tal"])]
+        for name in results:
+            if name in ("tsl", "tal"):
+                continue
+            ratio = [u["train_s"] / s for u, s in zip(results[name], separate)]
+            lines.append(f"{name}: one unified run / (TSL run + TAL run) = "
+                         f"{statistics.median(ratio):.2f} (median over seeds)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", default="tsl,tal,recipe,shared,per_task,md")
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / ".unified"))
+    p.add_argument("--json", default=None)
+    p.add_argument("--custom", action="append", default=[], metavar="NAME=KEY=V;KEY=V",
+                   help="an extra variant: the unified config with these --opt values "
+                        "(';'-separated), listed in --variants by NAME")
+    args = p.parse_args()
+    for spec in args.custom:
+        name, _, values = spec.partition("=")
+        CUSTOM[name] = [v for v in values.split(";") if v]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    names = [f"md{args.dropout:g}" if v == "md" else v for v in args.variants.split(",") if v]
+    results: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
+    for seed in seeds:                    # seed by seed: load drifts hit every variant alike
+        for name in names:
+            r = one_run(name, seed, args)
+            results[name].append(r)
+            print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()),
+                  flush=True)
+    print(summary(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
