@@ -7,7 +7,9 @@
 2. bf16 training (``train.amp: bf16``, autocast); fp32 weights in the checkpoint; evaluation with
    ``--amp bf16``; the fp32 checkpoint evaluated with ``--amp bf16`` stays within 2 mAP points.
 3. ``train.compile: true`` training (unless ``--no-compile``): it trains, with its wall time.
-4. ``torchrun --standalone --nproc_per_node 1 eval.py`` (the distributed path: process group,
+4. A unified action + sound model (configs/demo_unified_train.yaml) trained on the device;
+   evaluation there and on the CPU: same headline mAP, both task lists for every video.
+5. ``torchrun --standalone --nproc_per_node 1 eval.py`` (the distributed path: process group,
    shards, gather to rank 0) writes the single-process submission byte for byte.
 
 Prints one ``check: ...`` line per check and exits 1 at the first failed check.
@@ -66,6 +68,38 @@ def _eval(work: Path, run: Path, out: Path, device: str, *more: str) -> float:
     return json.loads(Path(str(out.with_suffix("")) + "_metrics.json").read_text())["average_map"]
 
 
+def _unified_check(work: Path, device: str) -> str:
+    """A unified (action + sound) model trained on ``device``; its eval there and on the CPU agree
+    and the submission holds both lists for every video."""
+    d = work / "data" / "features"
+    config = str(ROOT / "configs" / "demo_unified_train.yaml")
+    opts = [f"dataset.annotation_file={work / 'data' / 'annotations.json'}",
+            f"dataset.modalities.0.path={d / 'umt'}", f"dataset.modalities.1.path={d / 'videomae'}",
+            f"dataset.modalities.2.path={d / 'beats'}", f"output_folder={work / 'ckpt'}",
+            "model.embd_dim=64", "loader.batch_size=4", "loader.eval_batch_size=2",
+            "opt.epochs=2", "opt.warmup_epochs=1", "train.eval_freq=0"]
+    if train_cli.main([config, "--output", "unified", "--device", device, "--no-progress",
+                       "--opt", *opts]) != 0:
+        raise CheckFailed("train.py unified")
+    run = work / "ckpt" / "demo_unified_train_unified"
+    maps = []
+    for dev, extra in ((device, []), ("cpu", ["test_cfg.nms.backend=cpp"])):
+        out = work / f"unified_{dev}.json"
+        if eval_cli.main([config, str(run), "--split", "valid", "--device", dev, "--no-progress",
+                          "--out", str(out), "--overwrite", "--opt", *opts, *extra]) != 0:
+            raise CheckFailed(f"eval.py unified on {dev}")
+        sub = json.loads(out.read_text())
+        if not all(set(v) == {"action_localisation", "sound_localisation"} for v in sub.values()):
+            raise CheckFailed("unified submission without both task lists")
+        maps.append(json.loads(Path(str(out.with_suffix("")) + "_metrics.json").read_text())[
+            "average_map"])
+    if abs(maps[0] - maps[1]) >= 0.01:
+        raise CheckFailed(f"unified eval on {device} ({maps[0]:.4f}) and cpu ({maps[1]:.4f}) "
+                          "disagree")
+    return (f"unified action + sound model on {device}: headline {100 * maps[0]:.2f} vs cpu "
+            f"{100 * maps[1]:.2f}, both lists for every video")
+
+
 def run_checks(work: Path, device: str, compile_check: bool) -> List[str]:
     """The checks of the module docstring; returns their summary lines."""
     work.mkdir(parents=True, exist_ok=True)
@@ -102,6 +136,9 @@ def run_checks(work: Path, device: str, compile_check: bool) -> List[str]:
                      f"(compilation included); average mAP {100 * compile_map:.2f}")
     else:
         lines.append("train.compile: skipped (--no-compile)")
+
+    unified = _unified_check(work, device)
+    lines.append(unified)
 
     dist_out = work / "dist.json"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",

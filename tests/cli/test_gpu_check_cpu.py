@@ -45,6 +45,7 @@ def test_cpu_rehearsal_runs_the_end_to_end_checks():
     assert "check: fp32 train+eval on cpu: average mAP" in summary
     assert "check: bf16 train" in summary and "eval --amp bf16 on cpu" in summary
     assert "check: train.compile: skipped" in summary
+    assert "check: unified action + sound model on cpu: headline" in summary
     assert ("check: distributed eval (torchrun --nproc_per_node 1, gloo) on cpu: submission "
             "identical to single-process") in summary
     assert _extension_files() == before

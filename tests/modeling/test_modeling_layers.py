@@ -14,16 +14,8 @@ from libs.modeling.layers import AffineDropPath, ChannelLayerNorm, MaskedConv1D,
 from libs.modeling.points import PointGenerator
 
 
-def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
-    """Move every parameter off its init (LN weights/biases included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-
-def _mask(lengths, t: int) -> torch.Tensor:
-    return (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None])[:, None, :]   # (B, 1, T)
+from model_helpers import padding_mask as _mask  # noqa: E402
+from model_helpers import randomise as _randomise  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- layers
