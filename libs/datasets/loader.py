@@ -13,8 +13,11 @@ ignore SIGTERM and SIGINT: the main process decides when to stop (requeue-safe S
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
+import multiprocessing
+import multiprocessing.util  # registers its exit handler now, so that ours runs before it
 import random
 import signal
 from typing import Any, Iterator, List, Optional, Sized, Tuple
@@ -90,6 +93,9 @@ def length_grouped_batches(dataset: Any, batch_size: int, max_seq_len: int,
     return batches
 
 
+_REAPER_REGISTERED = False
+
+
 def _worker_init(worker_id: int) -> None:
     """Seed python/numpy in each worker from torch's per-worker seed (crops use their own rng);
     ignore SIGTERM/SIGINT, which a scheduler or a terminal sends to the whole process group: the
@@ -99,6 +105,23 @@ def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2 ** 31
     random.seed(seed)
     np.random.seed(seed)
+
+
+def _stop_loader_workers() -> None:
+    """At interpreter exit: kill the daemonic children still alive, i.e. the DataLoader workers
+    of a loader with persistent workers that was never released (the only daemonic processes
+    this project starts). ``multiprocessing`` would stop them with SIGTERM and wait, but the
+    workers ignore SIGTERM (:func:`_worker_init`), so that wait would never end. Registered after
+    ``multiprocessing``'s own exit handler, so it runs before it."""
+    workers = [p for p in multiprocessing.active_children() if p.daemon and p.is_alive()]
+    if not workers:
+        return
+    # torch's SIGCHLD handler would raise "DataLoader worker killed" in the middle of this loop
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for proc in workers:
+        proc.kill()
+    for proc in workers:
+        proc.join(timeout=5)
 
 
 def make_loader(dataset: Any, *, batch_size: int, num_workers: int, is_training: bool, seed: int,
@@ -114,6 +137,10 @@ def make_loader(dataset: Any, *, batch_size: int, num_workers: int, is_training:
             logger.warning("training set has %d video(s) per process, fewer than batch_size %d: "
                            "no full batch (drop_last)", len(sampler), batch_size)
     workers = int(num_workers)
+    global _REAPER_REGISTERED
+    if workers > 0 and not _REAPER_REGISTERED:
+        atexit.register(_stop_loader_workers)
+        _REAPER_REGISTERED = True
     if workers > 0 and hasattr(dataset, "prefill_cache"):
         dataset.prefill_cache()  # one cache shared by the workers, not one per worker
     batching: dict = {"batch_size": batch_size, "sampler": sampler, "drop_last": bool(is_training)}
