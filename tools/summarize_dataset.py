@@ -58,10 +58,9 @@ def summarize(dataset: PerceptionDataset, policy: str = "error") -> List[str]:
                          f"(e.g. {next(iter(bad))}); dataset.on_nonfinite '{policy}' {what}")
     labels = np.concatenate([v.labels for v in dataset.videos]) if vids else np.zeros(0, np.int64)
     counts = np.bincount(labels, minlength=dataset.num_classes)                   # (K,)
-    lines.append(f"events: {int(counts.sum())} ({' + '.join(dataset.tasks)}; several tasks: ids "
-                 f"of the joint label space, task after task)")
-    if len(dataset.tasks) == 1:
-        lines[-1] = f"events: {int(counts.sum())} ({dataset.tasks[0]})"
+    joint = "; several tasks: ids of the joint label space, task after task"
+    lines.append(f"events: {int(counts.sum())} ({' + '.join(dataset.tasks)}"
+                 f"{joint if len(dataset.tasks) > 1 else ''})")
     lines.append(f"  {'id':>4}  {'count':>6}  name")
     for cid, n in enumerate(counts):
         lines.append(f"  {cid:>4}  {int(n):>6}  {dataset.label_names.get(cid, '?')}")

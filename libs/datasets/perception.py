@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from libs.common.errors import UserError, format_problems
 from libs.config.schema import Config, DatasetConfig
+from libs.config.tasks import TaskLayout
 
 from .annotations import AnnotationSet, VideoRecord
 from .task_annotations import load_task_annotations
@@ -114,7 +115,8 @@ class PerceptionDataset(Dataset):
         n = ds.num_classes
         self.task_num_classes = [n[t] for t in self.tasks] if isinstance(n, dict) else [n]
         self.seed = seed
-        self.num_classes = sum(self.task_num_classes)   # the joint label space (libs/config/tasks.py)
+        self.layout = TaskLayout(tuple(self.tasks), tuple(self.task_num_classes))
+        self.num_classes = self.layout.total_classes     # the joint label space
         self.splits: List[str] = list(splits)
         self.is_training = bool(is_training)
         self.max_seq_len = ds.max_seq_len

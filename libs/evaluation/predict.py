@@ -23,7 +23,7 @@ from libs.common.errors import UserError
 from libs.modeling.decode import decode_candidates
 from libs.modeling.multitask import task_head_outputs
 from libs.config.schema import Config, NmsConfig, TestCfgConfig
-from libs.config.tasks import TaskLayout, task_test_cfg
+from libs.config.tasks import task_test_cfg
 from libs.datasets import PerceptionDataset, make_loader
 from libs.datasets.loader import length_grouped_batches
 from libs.evaluation.metrics import MetricResult, evaluate_map
@@ -71,7 +71,7 @@ def predict(model: nn.Module, loader, test_cfg: Union[TestCfgConfig, Sequence[Te
     """
     model.eval()
     core = unwrap_model(model)
-    layout = TaskLayout(tuple(core.tasks), tuple(core.task_num_classes))
+    layout = core.layout
     cfgs = list(test_cfg) if isinstance(test_cfg, (list, tuple)) else [test_cfg] * len(layout.tasks)
     assert len(cfgs) == len(layout.tasks), "one test_cfg per task"
     on_gpu = device.type == "cuda" and all(c.nms.backend in ("auto", "cuda") for c in cfgs)
@@ -199,7 +199,7 @@ def score_detections(detections: List[dict], dataset: PerceptionDataset
                      ) -> Union[MetricResult, TaskMetrics]:
     """mAP of ``detections`` against the dataset's ground truth; several tasks: per task, with
     the headline ``average_map`` (``libs/evaluation/task_metrics.py``)."""
-    layout = TaskLayout(tuple(dataset.tasks), tuple(dataset.task_num_classes))
+    layout = dataset.layout
     if layout.multi:
         return score_task_detections(detections, dataset.videos, layout)
     gt = ground_truth_from_records(dataset.videos)

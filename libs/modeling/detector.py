@@ -24,7 +24,7 @@ import torch.nn as nn
 from libs.common.checkpoints import load_checkpoint
 from libs.common.errors import UserError
 from libs.config import Config, resolve_config
-from libs.config.tasks import task_values
+from libs.config.tasks import TaskLayout, task_values
 from libs.config.upgrade import upgrade_stored_config
 
 from .backbone import build_backbone
@@ -61,9 +61,8 @@ class Detector(nn.Module):
                  head_empty_cls: Sequence[int]) -> None:
         super().__init__()
         assert len(tasks) == len(task_num_classes) == len(cls_prior_prob) >= 1
-        self.tasks: List[str] = list(tasks)
-        self.task_num_classes: List[int] = [int(n) for n in task_num_classes]
-        self.num_classes = sum(self.task_num_classes)
+        self.layout = TaskLayout(tuple(tasks), tuple(int(n) for n in task_num_classes))
+        self.num_classes = self.layout.total_classes
         self.reg_per_task = len(tasks) > 1 and task_regression == "per_task"
         self.max_seq_len = max_seq_len
         self.modality_dropout = ModalityDropout(input_dims, modality_dropout)
@@ -85,7 +84,7 @@ class Detector(nn.Module):
                                               max_buffer_len_factor)
         neck_dim = self.neck.out_channels
         head_dim = neck_dim if head_dim is None else head_dim
-        offsets = [sum(self.task_num_classes[:i]) for i in range(len(tasks))]
+        offsets = self.layout.offsets
         cls_heads = [
             ClsHead(neck_dim, head_dim, n, prior_prob=p, num_layers=head_num_layers,
                     kernel_size=head_kernel_size, with_ln=head_with_ln,
@@ -104,6 +103,14 @@ class Detector(nn.Module):
             self.reg_heads = nn.ModuleDict({t: reg_head() for t in self.tasks})
         else:
             self.reg_head = reg_head()
+
+    @property
+    def tasks(self) -> List[str]:
+        return list(self.layout.tasks)
+
+    @property
+    def task_num_classes(self) -> List[int]:
+        return list(self.layout.num_classes)
 
     @property
     def max_div_factor(self) -> int:

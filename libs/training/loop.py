@@ -19,7 +19,7 @@ from tqdm import tqdm
 from libs.common.distributed import autocast, rank_and_world, unwrap_model
 from libs.common.errors import UserError
 from libs.config.schema import Config, TrainCfgConfig
-from libs.config.tasks import TaskLayout, task_values
+from libs.config.tasks import task_values
 from libs.evaluation.predict import predict_dataset, score_detections
 from libs.evaluation.task_metrics import TaskMetrics
 from libs.training.checkpointing import TrainState
@@ -61,7 +61,7 @@ def compute_losses(outputs: dict, batch: dict, normalizer: Union[LossNormalizer,
     """Targets for every point of every level, then focal + DIoU losses (docs/numerics.md s.5-6);
     per task for a several-task ``model`` (``libs/modeling/multitask.py``). Call it outside
     autocast: the losses cast the head outputs to fp32."""
-    layout = TaskLayout(tuple(model.tasks), tuple(model.task_num_classes))
+    layout = model.layout
     if layout.multi:
         return task_losses(outputs, batch, normalizer, train_cfg, layout, model.reg_per_task,
                            task_values(train_cfg.task_loss_weight, layout.tasks))

@@ -30,6 +30,7 @@ class FixedHeads(nn.Module):
         self.tasks = list(TWO[:len(task_num_classes)]) if len(task_num_classes) > 1 else [TWO[1]]
         self.task_num_classes = list(task_num_classes)
         self.reg_per_task = reg_per_task
+        self.layout = TaskLayout(tuple(self.tasks), tuple(self.task_num_classes))
         self.point_generator = type("P", (), {"max_buffer_len": 1000})()
 
     def forward(self, feats, masks):
