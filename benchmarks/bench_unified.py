@@ -2,7 +2,8 @@
 """The unified (action + sound) demo model against the two separate demo models.
 
     python benchmarks/bench_unified.py [--seeds 1,2,3] [--threads 1] [--variants all]
-        [--epochs N] [--out benchmarks/.unified] [--json FILE]
+        [--epochs N] [--out benchmarks/.unified] [--json FILE] [--custom NAME=KEY=V;KEY=V]
+    python benchmarks/bench_unified.py --summarize A.json B.json ...
 
 On the bundled demo data (data/demo/, ``make demo-data``) it trains, per seed, each variant with
 ``train.py`` (same schedule: the demo configs' 12 + 3 epochs unless ``--epochs``) and scores the
@@ -18,9 +19,12 @@ last checkpoint on the valid split with ``eval.py`` (EMA weights):
 - ``--custom NAME=KEY=V;KEY=V``: the unified config with these overrides (e.g. task weights).
 
 Prints per variant the mean +- sample std over seeds of each task's average mAP, the median
-training wall time of one run (train.py process, seconds), and the unified run's time against
-the two separate runs together (same seeds, the runs interleaved seed by seed so that machine
-load hits all variants alike).
+training wall time of one run (train.py process, seconds), each unified variant's mean paired
+difference (seed by seed) to the separate model of each task with its standard error, and the
+unified run's time against the two separate runs together (same seeds, the runs interleaved
+seed by seed so that machine load hits all variants alike). ``--summarize`` merges the ``--json``
+files of several runs (e.g. seeds run in parallel) and prints their summary (a seed seen twice
+for a variant counts once: the first file's).
 """
 from __future__ import annotations
 
@@ -91,7 +95,7 @@ def one_run(name: str, seed: int, args: argparse.Namespace) -> Dict[str, float]:
         maps = {t: r["average_map"] for t, r in report["tasks"].items()}
     else:
         maps = {TASK_OF[name][0]: report["average_map"]}
-    return {"train_s": train_s, **maps}
+    return {"seed": seed, "train_s": train_s, **maps}
 
 
 def summary(results: Dict[str, List[Dict[str, float]]]) -> str:
@@ -108,15 +112,35 @@ def summary(results: Dict[str, List[Dict[str, float]]]) -> str:
             cells.append(ms(vals) if vals else "-")
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | "
                      f"{statistics.median(r['train_s'] for r in runs):.1f} |")
+    for name, runs in results.items():
+        if name in TASK_OF:
+            continue
+        for task, sep in (("action_localisation", "tal"), ("sound_localisation", "tsl")):
+            pairs = paired(runs, results.get(sep, []), task)
+            if len(pairs) > 1:
+                diffs = [u - s for u, s in pairs]
+                se = statistics.stdev(diffs) / len(diffs) ** 0.5
+                lines.append(f"{name} - {sep} on {task}: {100 * statistics.mean(diffs):+.2f} "
+                             f"+- {100 * se:.2f} (mean paired difference +- its standard error, "
+                             f"{len(diffs)} seeds)")
     if "tsl" in results and "tal" in results:
-        separate = [a["train_s"] + b["train_s"] for a, b in zip(results["tsl"], results["tal"])]
+        separate = {a["seed"]: a["train_s"] + b["train_s"]
+                    for a in results["tsl"] for b in results["tal"] if a["seed"] == b["seed"]}
         for name in results:
-            if name in ("tsl", "tal"):
+            if name in TASK_OF:
                 continue
-            ratio = [u["train_s"] / s for u, s in zip(results[name], separate)]
-            lines.append(f"{name}: one unified run / (TSL run + TAL run) = "
-                         f"{statistics.median(ratio):.2f} (median over seeds)")
+            ratio = [u["train_s"] / separate[u["seed"]] for u in results[name]
+                     if u["seed"] in separate]
+            if ratio:
+                lines.append(f"{name}: one unified run / (TSL run + TAL run) = "
+                             f"{statistics.median(ratio):.2f} (median over {len(ratio)} seeds)")
     return "\n".join(lines)
+
+
+def paired(runs: List[Dict[str, float]], separate: List[Dict[str, float]], task: str) -> list:
+    """(unified, separate) values of ``task`` for the seeds both have."""
+    by_seed = {r["seed"]: r[task] for r in separate if task in r}
+    return [(r[task], by_seed[r["seed"]]) for r in runs if task in r and r["seed"] in by_seed]
 
 
 def main() -> None:
@@ -128,10 +152,20 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / ".unified"))
     p.add_argument("--json", default=None)
+    p.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                   help="train nothing: print the summary of earlier --json files together")
     p.add_argument("--custom", action="append", default=[], metavar="NAME=KEY=V;KEY=V",
                    help="an extra variant: the unified config with these --opt values "
                         "(';'-separated), listed in --variants by NAME")
     args = p.parse_args()
+    if args.summarize:
+        merged: Dict[str, List[Dict[str, float]]] = {}
+        for f in args.summarize:
+            for name, runs in json.loads(Path(f).read_text()).items():
+                have = {r["seed"] for r in merged.get(name, [])}
+                merged.setdefault(name, []).extend(r for r in runs if r["seed"] not in have)
+        print(summary({k: sorted(v, key=lambda r: r["seed"]) for k, v in merged.items()}))
+        return
     for spec in args.custom:
         name, _, values = spec.partition("=")
         CUSTOM[name] = [v for v in values.split(";") if v]

@@ -69,6 +69,44 @@ def make_dataset(root: Path, *, num_train: int, num_valid: int, seed: int, min_d
     return {"root": root, "pt": pt, "ann": ann, "ids": ids, "ref_features": concat}
 
 
+def replicate(data: Dict[str, Any], num_train: int, log=print) -> Dict[str, Any]:
+    """``data`` with ``num_train`` training videos when it holds fewer distinct ones: video
+    ``k`` beyond them is ``<id>_r<k>``, a copy of training video ``k mod n`` whose feature files
+    (both layouts) are hard links to the original's (no disk space; every process still reads
+    and holds its own copy, so memory behaves as with distinct videos). ``data`` itself when it
+    has enough videos. Written once per size under ``<root>/replica_<num_train>/``."""
+    train = data["ids"]["train"]
+    if num_train <= len(train):
+        return data
+    root = data["root"] / f"replica_{num_train}"
+    pt = root / "pt"
+    extra = [(f"{train[k % len(train)]}_r{k}", train[k % len(train)])
+             for k in range(len(train), num_train)]
+    pairs = [(v, v) for v in train + data["ids"]["valid"]] + extra
+    stamp = root / "done.json"
+    want = {"num_train": num_train, "base": str(data["pt"]), "count": len(pairs)}
+    if not (stamp.exists() and json.loads(stamp.read_text()) == want):
+        for sub, folder, ext in (("beats", data["pt"] / "features" / "beats", ".npy"),
+                                 ("umt", data["pt"] / "features" / "umt", ".pt"),
+                                 ("ref", data["ref_features"], ".npy")):
+            dest = pt / "features" / sub if sub != "ref" else root / "ref_features"
+            dest.mkdir(parents=True, exist_ok=True)
+            for new, old in pairs:
+                target = dest / f"{new}{ext}"
+                if not target.exists():
+                    os.link(folder / f"{old}{ext}", target)
+        stamp.write_text(json.dumps(want))
+        log(f"  {num_train} training videos: {len(extra)} hard-linked copies of the "
+            f"{len(train)} distinct ones: {root}")
+    ann = dict(data["ann"])
+    for new, old in extra:
+        entry = copy.deepcopy(ann[old])
+        entry["metadata"]["video_id"] = new
+        ann[new] = entry
+    ids = {"train": train + [new for new, _ in extra], "valid": data["ids"]["valid"]}
+    return {"root": root, "pt": pt, "ann": ann, "ids": ids, "ref_features": root / "ref_features"}
+
+
 def annotation_files(data: Dict[str, Any], num_train: int) -> Dict[str, Path]:
     """Our annotation file and the reference's JSON for the first ``num_train`` training videos
     plus every validation video (written once per size)."""
@@ -102,6 +140,7 @@ def write_configs(data: Dict[str, Any], run_dir: Path, *, num_train: int, width:
                   opt: Optional[Dict[str, Any]] = None, name: str = "tsl") -> Dict[str, Path]:
     """One original-layout YAML per side (same model, optimiser, test settings; own dataset)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    data = replicate(data, num_train)
     files = annotation_files(data, num_train)
     base = original_config(width, seed, run_dir)
     for k, v in (opt or {}).items():

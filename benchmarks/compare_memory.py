@@ -4,7 +4,8 @@ training-set sizes: each run trains one full epoch plus a few iterations (so tha
 cache, filled at each video's first read, is as full as it gets), the reference and ours in
 fresh processes, A B A B interleaved, medians.
 
-    python benchmarks/compare_memory.py [--mem-videos 100,400,1600] [--repeats 2] [--threads 1]
+    python benchmarks/compare_memory.py [--mem-videos 100,400,1600,6400] [--distinct-videos 1600]
+        [--repeats 2] [--threads 1] [--launch-only]
         [--variant 'float16:dataset.cache_dtype=float16' ...] [--json OUT]
 
 Same data, config (the original TSL config at width 128, batch 16, 192 cells, 4 loader workers)
@@ -35,20 +36,29 @@ EXTRA_ITERS = 4                    # iterations of epoch 2 (read from the filled
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mem-videos", default="100,400,1600", help="training-set sizes")
+    p.add_argument("--mem-videos", default="100,400,1600,6400", help="training-set sizes")
+    p.add_argument("--distinct-videos", type=int, default=1600,
+                   help="distinct training videos generated; larger sizes add hard-linked copies "
+                        "of them (compare_data.replicate: no disk space, same memory behaviour)")
     p.add_argument("--repeats", type=int, default=2, help="runs per side and size")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--variant", action="append", default=[],
                    help="NAME:KEY=VALUE;KEY=VALUE: one more run of ours with these --opt overrides")
+    p.add_argument("--launch-only", action="store_true",
+                   help="runs stop after 2 iterations: launch -> first batch only (memory rows "
+                        "are then not at steady state)")
     p.add_argument("--json", default=None, help="also write every measurement to this file")
     return p.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    bench = Bench(speed_args(["--mem-videos", args.mem_videos, "--threads", str(args.threads),
+    sizes = [int(x) for x in args.mem_videos.split(",") if x]
+    distinct = ",".join(str(min(n, args.distinct_videos)) for n in sizes)
+    bench = Bench(speed_args(["--mem-videos", distinct, "--threads", str(args.threads),
                               "--no-bf16"]))
-    bench.data()
+    bench.data()                         # min(n, --distinct-videos) distinct videos
+    bench.sizes = sizes
     variants = [("ref", "ref", []), ("ours", "ours", [])]
     for spec in args.variant:
         name, _, opts = spec.partition(":")
@@ -58,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for n in bench.sizes:
             cell = f"memory128_{n}"
             cfg = write_configs(bench.d, bench.work / cell, num_train=n, width=128, seed=1)
-            limit = n // 16 + EXTRA_ITERS           # one epoch (drop_last) + a few of the next
+            limit = 2 if args.launch_only else n // 16 + EXTRA_ITERS   # an epoch + a few more
             for variant, side, opts in variants:
                 r = bench.run(cell, variant, side, {"kind": "train", "warmup": 1, "limit": limit,
                                                     "config": str(cfg[side]), "opts": opts})
@@ -74,7 +84,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     print()
-    print(header(args.threads, args.repeats, "; one epoch + 4 iterations per run"))
+    print(header(args.threads, args.repeats, "; 2 iterations per run (launch only)" if args.launch_only
+                 else "; one epoch + 4 iterations per run"))
     print()
     print("| videos | figure | " + " | ".join(v for v, _, _ in variants) + " |")
     print("|---|---|" + "---|" * len(variants))

@@ -196,6 +196,11 @@ class TrainCfgConfig:
     task_loss_weight: Union[float, Dict[str, float]] = key(
         1.0, "several tasks: weight of each task's loss in the total (one number, or {task: w})",
         min=0.0)
+    task_gradient: str = key(
+        "sum", "several tasks: how the tasks' gradients meet in the shared features: 'sum', "
+               "'project' (conflicting parts removed per video and level, PCGrad) or 'priority' "
+               "(each task projected only against the tasks listed before it; docs/numerics.md "
+               "s.6.6)", choices=("sum", "project", "priority"))
     cls_prior_prob: Union[float, Dict[str, float]] = key(
         0.01, "prior probability that sets the classifier's initial bias (several tasks: one "
               "number, or {task: p} for each task's head)", min=1e-8, max=1.0)

@@ -33,6 +33,7 @@ from .layers import AffineDropPath
 from .modality_dropout import ModalityDropout
 from .neck import build_neck
 from .points import PointGenerator
+from .task_gradient import branch_features
 
 class Detector(nn.Module):
     """ActionFormer network. ``forward(feats (B, C, T), masks (B, 1, T) bool) -> dict``:
@@ -58,12 +59,13 @@ class Detector(nn.Module):
                  head_with_ln: bool, max_buffer_len_factor: float, use_abs_pe: bool,
                  use_rel_pe: bool, regression_range: Sequence[Sequence[float]], dropout: float,
                  droppath: float, cls_prior_prob: Sequence[float],
-                 head_empty_cls: Sequence[int]) -> None:
+                 head_empty_cls: Sequence[int], task_gradient: str = "sum") -> None:
         super().__init__()
         assert len(tasks) == len(task_num_classes) == len(cls_prior_prob) >= 1
         self.layout = TaskLayout(tuple(tasks), tuple(int(n) for n in task_num_classes))
         self.num_classes = self.layout.total_classes
         self.reg_per_task = len(tasks) > 1 and task_regression == "per_task"
+        self.task_gradient = task_gradient
         self.max_seq_len = max_seq_len
         self.modality_dropout = ModalityDropout(input_dims, modality_dropout)
         self.backbone = build_backbone(
@@ -135,10 +137,11 @@ class Detector(nn.Module):
         if len(self.tasks) == 1:
             cls_logits = self.cls_head(fpn_feats, fpn_masks)              # list of (B, K, T_l)
         else:                                                             # tasks side by side
-            per_task = [self.cls_heads[t](fpn_feats, fpn_masks) for t in self.tasks]
+            task_feats = branch_features(fpn_feats, len(self.tasks), self.task_gradient)
+            per_task = [self.cls_heads[t](f, fpn_masks) for t, f in zip(self.tasks, task_feats)]
             cls_logits = [torch.cat(levels, dim=1) for levels in zip(*per_task)]
         if self.reg_per_task:
-            per_task = [self.reg_heads[t](fpn_feats, fpn_masks) for t in self.tasks]
+            per_task = [self.reg_heads[t](f, fpn_masks) for t, f in zip(self.tasks, task_feats)]
             offsets = [torch.cat(levels, dim=1) for levels in zip(*per_task)]  # (B, 2 R, T_l)
         else:
             offsets = self.reg_head(fpn_feats, fpn_masks)                 # list of (B, 2, T_l)
@@ -154,7 +157,7 @@ class Detector(nn.Module):
     @classmethod
     def from_config(cls, cfg: Config) -> "Detector":
         """Build from a resolved config (``model``, ``derived`` (tasks, classes, input groups),
-        ``dataset.max_seq_len``, ``train_cfg.cls_prior_prob`` / ``head_empty_cls``)."""
+        ``dataset.max_seq_len``, ``train_cfg.cls_prior_prob`` / ``head_empty_cls`` / ``task_gradient``)."""
         m, d = cfg.model, cfg.derived
         return cls(input_groups=d.input_groups, group_proj_dims=d.group_proj_dims,
                    tasks=d.tasks, task_num_classes=d.task_num_classes,
@@ -162,6 +165,7 @@ class Detector(nn.Module):
                    max_seq_len=cfg.dataset.max_seq_len,
                    cls_prior_prob=task_values(cfg.train_cfg.cls_prior_prob, d.tasks),
                    head_empty_cls=cfg.train_cfg.head_empty_cls,
+                   task_gradient=cfg.train_cfg.task_gradient,
                    **{f.name: getattr(m, f.name) for f in dataclasses.fields(m)
                       if f.name not in ("proj_dims", "task_heads")})
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from libs.common.errors import UserError
-from libs.datasets.features import FeatureProblem, FeatureSource
+from libs.datasets.features import FeatureProblem, FeatureSource, npy_shape, pt_shape
 
 
 @pytest.fixture
@@ -92,3 +92,49 @@ def test_pt_not_a_tensor_and_h5_missing(tmp_path, arrays):
     absent = FeatureSource("video", str(tmp_path / "absent.h5"), ".h5", 8)
     assert absent.problems(["v1", "v2"]) == [f"feature file not found (modality 'video'): "
                                              f"{tmp_path / 'absent.h5'}"]
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_shape_reads_the_header_of_every_format_version(tmp_path, version):
+    arr = np.zeros((7, 5), dtype=np.float32)
+    fname = tmp_path / "v.npy"
+    with open(fname, "wb") as f:
+        np.lib.format.write_array(f, arr, version=version)
+    assert npy_shape(str(fname)) == (7, 5)
+
+
+def test_shapes_are_read_once_per_source(tmp_path, monkeypatch):
+    np.save(tmp_path / "a.npy", np.zeros((4, 3), dtype=np.float32))
+    src = FeatureSource("m", str(tmp_path), ".npy", 3)
+    calls = []
+    real = src._read_shape
+    monkeypatch.setattr(src, "_read_shape", lambda vid: calls.append(vid) or real(vid))
+    assert src.check(["a"]) == []
+    assert src.shape("a") == (4, 3)
+    assert calls == ["a"]                 # the check's header read serves later shape() calls
+    assert src.check(["b"])[0].kind == "missing" and "b" not in src._shapes
+
+
+@pytest.mark.parametrize("content, expected", [
+    (torch.zeros(6, 4), (6, 4)),
+    (torch.zeros(3, 8)[:, :4], (3, 4)),                       # a view: stride and offset ignored
+    (torch.zeros(5, 2, dtype=torch.float16), (5, 2)),
+])
+def test_pt_shape_from_the_pickle_record(tmp_path, monkeypatch, content, expected):
+    fname = tmp_path / "v.pt"
+    torch.save(content, fname)
+    monkeypatch.setattr(torch, "load", None)          # the plain-tensor path never loads
+    assert pt_shape(str(fname)) == expected
+
+
+def test_pt_shape_falls_back_to_torch_load(tmp_path):
+    torch.save({"x": torch.zeros(2, 2)}, tmp_path / "d.pt")
+    with pytest.raises(TypeError, match="holds a dict, expected a tensor"):
+        pt_shape(str(tmp_path / "d.pt"))
+    torch.save(torch.nn.Parameter(torch.zeros(4, 3)), tmp_path / "p.pt")
+    assert pt_shape(str(tmp_path / "p.pt")) == (4, 3)
+    torch.save(torch.zeros(7, 3), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert pt_shape(str(tmp_path / "legacy.pt")) == (7, 3)
+    (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(Exception):
+        pt_shape(str(tmp_path / "junk.pt"))

@@ -10,36 +10,7 @@ from libs.modeling import Detector
 from libs.modeling.modality_dropout import ModalityDropout
 from libs.modeling.multitask import TaskNormalizers, task_head_outputs, task_losses
 from libs.training.loop import compute_losses, make_normalizer
-
-TWO = ["action_localisation", "sound_localisation"]
-MODS = [{"name": "a", "path": "a", "dim": 6, "primary": True}, {"name": "v", "path": "v", "dim": 4}]
-
-
-def config(task, num_classes, regression="shared", **model):
-    return resolve_config({
-        "task": task,
-        "dataset": {"annotation_file": "x.json", "num_classes": num_classes, "max_seq_len": 64,
-                    "modalities": MODS},
-        "model": {"embd_dim": 8, "n_head": 2, "head_dim": 8, "backbone_arch": [1, 1, 2],
-                  "n_mha_win_size": [3, 3, -1], "regression_range": [[0, 4], [4, 8], [8, 1000]],
-                  "droppath": 0.0, "task_heads": {"regression": regression}, **model},
-    }, "test")
-
-
-def two_task(regression="shared", **model):
-    return config(TWO, {"action_localisation": 3, "sound_localisation": 2}, regression, **model)
-
-
-def batch_of(segments, labels, annotated=None):
-    torch.manual_seed(0)
-    feats = torch.randn(len(segments), 10, 64)
-    masks = torch.ones(len(segments), 1, 64, dtype=torch.bool)
-    masks[1, :, 50:] = False
-    return {"feats": feats, "masks": masks,
-            "segments": [torch.tensor(s, dtype=torch.float32).reshape(-1, 2) for s in segments],
-            "labels": [torch.tensor(lab, dtype=torch.long) for lab in labels],
-            "annotated": annotated}
-
+from model_helpers import TWO, batch_of, config, two_task
 
 @pytest.mark.parametrize("regression, reg_keys", [("shared", "reg_head."),
                                                   ("per_task", "reg_heads.sound_localisation.")])
