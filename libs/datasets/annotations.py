@@ -205,25 +205,27 @@ def parse_events(vid: str, events: List[Any], num_classes: int, duration: float,
     n_before = len(problems)
     stamps, labels = [], []
     names: Dict[int, List[str]] = {}
-    for i, ev in enumerate(events):
-        where = f"video '{vid}' event {i}"
+    for i, ev in enumerate(events):       # messages built only for bad events (a hot loop)
         if not isinstance(ev, dict):
-            problems.append(f"{where}: is a {type(ev).__name__}, expected a mapping")
+            problems.append(f"video '{vid}' event {i}: is a {type(ev).__name__}, expected a mapping")
             continue
         lid = ev.get("label_id")
         if not _is_int(lid):
-            problems.append(f"{where}: label_id is {lid!r}, expected an int in [0, {num_classes})")
+            problems.append(f"video '{vid}' event {i}: label_id is {lid!r}, expected an int in "
+                            f"[0, {num_classes})")
             continue
         lid = int(lid)
         if not 0 <= lid < num_classes:
-            problems.append(f"{where}: label_id {lid} out of range, expected an int in [0, {num_classes})")
+            problems.append(f"video '{vid}' event {i}: label_id {lid} out of range, expected an int "
+                            f"in [0, {num_classes})")
             continue
         name = ev.get("label")
         if isinstance(name, str) and name not in names.setdefault(lid, []):
             names[lid].append(name)
         ts = ev.get("timestamps")
         if not (isinstance(ts, (list, tuple)) and len(ts) == 2 and all(_is_number(t) for t in ts)):
-            problems.append(f"{where}: timestamps is {ts!r}, expected [start_us, end_us]")
+            problems.append(f"video '{vid}' event {i}: timestamps is {ts!r}, expected [start_us, "
+                            "end_us]")
             continue
         stamps.append((float(ts[0]), float(ts[1])))
         labels.append(lid)

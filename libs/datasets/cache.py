@@ -4,8 +4,9 @@ Memory is bounded (``dataset.cache_max_gb``) and paid once for all processes: th
 allocated (not touched) when the dataset is built, before any DataLoader worker starts, and the
 process that first reads a video (a loader worker, or the main process with
 ``loader.num_workers: 0``) writes it there; every worker then reads it from the same pages
-(fork or spawn: torch shares the storage by file descriptor). Pages are only backed by memory
-once written, so an unread video costs nothing, and the main process of a training run with
+(fork: the mapping is inherited; spawn: the segment is mapped again by name). Pages are only
+backed by memory once written, so an unread video costs nothing (the segment is sized with
+``ftruncate``, not reserved), and the main process of a training run with
 workers never holds the cache pages itself (they show in the workers' and the total PSS).
 
 Which videos: the first ``N`` of the split whose inputs fit the budget (and the free space of
@@ -21,6 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+import weakref
+from multiprocessing import resource_tracker, shared_memory
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -59,8 +63,64 @@ def round_to(feats: torch.Tensor, dtype: str) -> torch.Tensor:
     return feats.to(DTYPES[dtype]).to(torch.float32)
 
 
+class _Segment:
+    """One named POSIX shared-memory segment (``/dev/shm/<name>``) sized with ``ftruncate``:
+    no page is allocated before it is written (torch's own shared storages reserve every page up
+    front with ``fallocate``, i.e. the whole cache budget at dataset build). Forked processes
+    inherit the mapping; a pickled segment (a spawned DataLoader worker) maps it again by name.
+    The creating process removes the name when the segment is collected or at exit; the memory
+    itself is freed when the last process unmaps it."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, owner: int) -> None:
+        self.shm, self.owner = shm, owner
+
+    @classmethod
+    def create(cls, nbytes: int) -> "_Segment":
+        seg = cls(shared_memory.SharedMemory(create=True, size=nbytes), os.getpid())
+        weakref.finalize(seg, _unlink, seg.shm.name, seg.owner)
+        return seg
+
+    @property
+    def name(self) -> str:
+        return self.shm.name
+
+    def tensor(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        """The segment's first ``numel`` elements as a flat tensor of ``dtype``."""
+        if numel == 0:
+            return torch.empty(0, dtype=dtype)
+        with warnings.catch_warnings():   # the memoryview is writable; torch warns regardless
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.frombuffer(self.shm.buf, dtype=dtype, count=numel)
+
+    def __getstate__(self) -> dict:
+        return {"name": self.shm.name, "owner": self.owner}
+
+    def __setstate__(self, state: dict) -> None:
+        self.owner = state["owner"]
+        self.shm = shared_memory.SharedMemory(name=state["name"])
+        # Python < 3.13 registers an attached segment with the resource tracker, which would
+        # remove the name when this (worker) process ends: only the owner removes it
+        try:
+            resource_tracker.unregister(self.shm._name, "shared_memory")
+        except Exception:                  # pragma: no cover - tracker layout of another Python
+            pass
+
+
+def _unlink(name: str, owner: int) -> None:
+    """Remove the segment's name (in the creating process only; forked children skip it)."""
+    if os.getpid() != owner:
+        return
+    try:
+        seg = shared_memory.SharedMemory(name=name)
+        seg.unlink()
+        seg.close()
+    except FileNotFoundError:
+        pass
+
+
 def _shm_free() -> Optional[int]:
-    """Free bytes of ``/dev/shm`` (where torch puts shared storages), None where unknown."""
+    """Free bytes of ``/dev/shm`` (where the segment lives: a write past its free space would
+    kill the writer with SIGBUS, so the cache is sized to fit it), None where unknown."""
     try:
         st = os.statvfs(SHM_DIR)
     except OSError:
@@ -96,10 +156,18 @@ class FeatureCache:
         self.count = count
         self.offsets = np.concatenate([[0], np.cumsum(sizes[:count])]).astype(np.int64)  # (N+1,)
         self.nbytes = int(self.offsets[-1]) * itemsize
-        storage = torch.UntypedStorage._new_shared(max(self.nbytes, itemsize))  # pages: on write
-        self.data = torch.empty(0, dtype=torch_dtype).set_(storage, 0, (int(self.offsets[-1]),),
-                                                            (1,))
+        self._segment = _Segment.create(max(self.nbytes, itemsize))     # pages: on first write
+        self.data = self._segment.tensor(torch_dtype, int(self.offsets[-1]))        # (sum C L_i,)
         self.rows = torch.full((count,), -1, dtype=torch.int64).share_memory_()    # (N,)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["data"]                 # a spawned process maps the same segment by its name
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.data = self._segment.tensor(DTYPES[self.dtype], int(self.offsets[-1]))
 
     def describe(self) -> str:
         """One line: how many videos, how much memory, which dtype, what limited it."""

@@ -168,3 +168,16 @@ def test_cache_keys_are_checked(tmp_path, bad, needle):
     data = write_tiny_dataset(str(tmp_path / "d"))
     with pytest.raises(UserError, match=needle):
         _dataset(tmp_path, data, **bad)
+
+
+def test_the_segment_reserves_no_memory_and_is_removed_with_the_cache():
+    import gc
+    cache = FeatureCache(channels=1024, lengths=[256] * 64, dtype="float32", max_bytes=None)
+    path = os.path.join("/dev/shm", cache._segment.name.lstrip("/"))
+    assert cache.nbytes == 64 * 256 * 1024 * 4
+    assert os.stat(path).st_blocks == 0            # sized, not reserved (fallocate would fill it)
+    cache.put(0, torch.ones(1024, 256), rows=256)
+    assert 0 < os.stat(path).st_blocks * 512 <= 2 * 256 * 1024 * 4
+    del cache
+    gc.collect()
+    assert not os.path.exists(path)

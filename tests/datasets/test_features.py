@@ -138,3 +138,16 @@ def test_pt_shape_falls_back_to_torch_load(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(Exception):
         pt_shape(str(tmp_path / "junk.pt"))
+
+
+def test_pt_shape_through_the_zip_index_when_the_record_is_not_first(tmp_path, monkeypatch):
+    import zipfile
+    torch.save(torch.zeros(9, 4), tmp_path / "v.pt")
+    with zipfile.ZipFile(tmp_path / "v.pt") as src:
+        entries = [(n, src.read(n)) for n in src.namelist()]
+    with zipfile.ZipFile(tmp_path / "r.pt", "w", zipfile.ZIP_STORED) as dst:
+        for n, data in sorted(entries, key=lambda e: e[0].endswith("data.pkl")):  # record last
+            dst.writestr(n, data)
+    assert torch.equal(torch.load(tmp_path / "r.pt", weights_only=True), torch.zeros(9, 4))
+    monkeypatch.setattr(torch, "load", None)
+    assert pt_shape(str(tmp_path / "r.pt")) == (9, 4)
