@@ -77,7 +77,7 @@ class _Segment:
     @classmethod
     def create(cls, nbytes: int) -> "_Segment":
         seg = cls(shared_memory.SharedMemory(create=True, size=nbytes), os.getpid())
-        weakref.finalize(seg, _unlink, seg.shm.name, seg.owner)
+        weakref.finalize(seg, _unlink, seg.shm, seg.owner)
         return seg
 
     @property
@@ -106,14 +106,12 @@ class _Segment:
             pass
 
 
-def _unlink(name: str, owner: int) -> None:
+def _unlink(shm: shared_memory.SharedMemory, owner: int) -> None:
     """Remove the segment's name (in the creating process only; forked children skip it)."""
     if os.getpid() != owner:
         return
     try:
-        seg = shared_memory.SharedMemory(name=name)
-        seg.unlink()
-        seg.close()
+        shm.unlink()
     except FileNotFoundError:
         pass
 

@@ -97,6 +97,9 @@ class _Shape(tuple):
 
 
 _ZIP_LOCAL = struct.Struct("<IHHHHHIIIHH")    # a zip local file header (30 bytes)
+# what reading a record that is not one plain tensor can raise (then the next way is tried)
+_RECORD_ERRORS = (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
+                  IndexError, KeyError)
 
 
 def _record_shape(stream: Any) -> Optional[Tuple[int, ...]]:
@@ -120,8 +123,7 @@ def pt_shape(fname: str) -> Tuple[int, ...]:
             shape = _record_shape(io.BytesIO(head[_ZIP_LOCAL.size + name_len + extra_len:]))
             if shape is not None:
                 return shape
-    except (struct.error, pickle.UnpicklingError, EOFError, TypeError, ValueError,
-            AttributeError, IndexError, KeyError):
+    except (struct.error, *_RECORD_ERRORS):
         pass                              # not the usual layout: the zip index decides
     try:
         with zipfile.ZipFile(fname) as archive:
@@ -131,8 +133,7 @@ def pt_shape(fname: str) -> Tuple[int, ...]:
                     shape = _record_shape(f)
                 if shape is not None:
                     return shape
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, TypeError, ValueError,
-            AttributeError, IndexError, KeyError):
+    except (zipfile.BadZipFile, *_RECORD_ERRORS):
         pass                              # legacy format, a dict, a parameter...: torch decides
     try:
         obj = torch.load(fname, map_location="cpu", weights_only=True, mmap=True)

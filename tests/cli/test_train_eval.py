@@ -21,18 +21,8 @@ from libs.modeling.detector import checkpoint_config
 from libs.common.errors import UserError
 from libs.modeling import Detector
 from libs.common.seed import fix_random_seed
-from tools.make_demo_data import generate_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    data = root / "data"
-    generate_demo_data(data, seed=0, num_train=4, num_valid=2, num_test=2, min_duration=4.0,
-                       max_duration=6.0)
-    return {"root": root, "data": data}
 
 
 def tiny_opts(demo, **extra) -> list:

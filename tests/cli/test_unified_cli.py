@@ -10,20 +10,10 @@ import eval as eval_cli
 import train as train_cli
 from datagen import write_challenge_task_files
 from libs.common.errors import UserError
-from tools.make_demo_data import generate_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "demo_unified_train.yaml")
 TASKS = ("action_localisation", "sound_localisation")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("unified")
-    data = root / "data"
-    generate_demo_data(data, seed=0, num_train=4, num_valid=2, num_test=2, min_duration=4.0,
-                       max_duration=6.0)
-    return {"root": root, "data": data}
 
 
 def opts(demo, **extra) -> list:
