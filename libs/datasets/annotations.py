@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -285,6 +285,16 @@ def label_name_problems(uses: NameUses, several_files: bool) -> List[str]:
     return out
 
 
+def read_scope(path: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+               splits: Optional[Sequence[str]], end_tolerance: float, trim: bool
+               ) -> Tuple[List[str], float, Optional[Set[str]]]:
+    """What a loader reads: the distinct annotation files, the end tolerance (``inf`` without
+    ``trim``: events as given) and the wanted splits, lower-cased (None: all)."""
+    paths = distinct_annotation_paths(path)
+    wanted = None if splits is None else {str(s).lower() for s in splits}
+    return paths, (end_tolerance if trim else math.inf), wanted
+
+
 def load_annotations(path: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], task: str,
                      num_classes: int, splits: Optional[Sequence[str]] = None,
                      end_tolerance: float = 1.0, *, trim: bool = True) -> AnnotationSet:
@@ -296,10 +306,7 @@ def load_annotations(path: Union[str, os.PathLike, Sequence[Union[str, os.PathLi
     ``end_tolerance``); ``trim=False`` (the challenge scorer): events as given, any end accepted.
     Raises one :class:`UserError` listing every problem (first 20, then a count).
     """
-    paths = distinct_annotation_paths(path)
-    if not trim:
-        end_tolerance = math.inf
-    wanted = None if splits is None else {str(s).lower() for s in splits}
+    paths, end_tolerance, wanted = read_scope(path, splits, end_tolerance, trim)
     several = len(paths) > 1
     problems: List[str] = []
     uses: NameUses = {}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -24,8 +23,8 @@ import numpy as np
 from libs.common.errors import UserError, format_problems
 from libs.config.tasks import TaskLayout
 
-from .annotations import (AnnotationSet, NameUses, VideoRecord, distinct_annotation_paths,
-                          file_videos, label_name_problems, load_annotations, parse_events)
+from .annotations import (AnnotationSet, NameUses, VideoRecord, file_videos, label_name_problems,
+                          load_annotations, parse_events, read_scope)
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +73,7 @@ def load_task_annotations(path: PathArg, tasks: Sequence[str], num_classes: Sequ
     if len(tasks) == 1:
         return load_annotations(path, tasks[0], counts[0], splits, end_tolerance, trim=trim)
     layout = TaskLayout(tuple(tasks), tuple(counts))
-    paths = distinct_annotation_paths(path)
-    if not trim:
-        end_tolerance = math.inf
-    wanted = None if splits is None else {str(s).lower() for s in splits}
+    paths, end_tolerance, wanted = read_scope(path, splits, end_tolerance, trim)
     several = len(paths) > 1
     problems: List[str] = []
     uses: List[NameUses] = [{} for _ in tasks]
