@@ -2,7 +2,7 @@
 """The unified (action + sound) demo model against the two separate demo models.
 
     python benchmarks/bench_unified.py [--seeds 1,2,3] [--threads 1] [--variants all]
-        [--epochs N] [--out benchmarks/.unified] [--json FILE] [--custom NAME=KEY=V;KEY=V]
+        [--epochs N] [--out benchmarks/.unified] [--json FILE] [--custom NAME[@BASE]=KEY=V;KEY=V]
     python benchmarks/bench_unified.py --summarize A.json B.json ...
 
 On the bundled demo data (data/demo/, ``make demo-data``) it trains, per seed, each variant with
@@ -17,7 +17,9 @@ last checkpoint on the valid split with ``eval.py`` (EMA weights):
 - ``shared``: ``w128`` with ``model.task_heads.regression: shared`` and both task loss weights 1;
 - ``per_task``: ``w128`` with both task loss weights 1;
 - ``md<p>``: ``shared`` with ``model.modality_dropout: p`` (``--dropout``, default 0.3);
-- ``--custom NAME=KEY=V;KEY=V``: the unified config with these overrides (e.g. task weights).
+- ``--custom NAME=KEY=V;KEY=V``: the unified config with these overrides (e.g. task weights);
+  ``NAME@tal=...`` / ``NAME@tsl=...``: a separate model's config with these overrides (a
+  single-task variant: reported like ``tal`` / ``tsl``, not paired).
 
 Prints per variant the mean +- sample std over seeds of each task's average mAP, the median
 training wall time of one run (train.py process, seconds), each unified variant's mean paired
@@ -45,27 +47,39 @@ TASK_OF = {"tsl": ("sound_localisation",), "tal": ("action_localisation",)}
 UNIFIED = ("action_localisation", "sound_localisation")
 
 
-CUSTOM: Dict[str, List[str]] = {}     # --custom NAME=KEY=V,KEY=V: the unified config + these
+BASE_CONFIG = {"tsl": "configs/demo_tsl_train.yaml", "tal": "configs/demo_tal_train.yaml",
+               "unified": "configs/demo_unified_train.yaml"}
+CUSTOM: Dict[str, tuple] = {}     # --custom NAME[@BASE]=KEY=V;KEY=V: (config, --opt values)
 
 
 def variant_args(name: str, dropout: float) -> tuple:
     """(config, extra --opt values) of a variant."""
     if name in CUSTOM:
-        return "configs/demo_unified_train.yaml", CUSTOM[name]
-    if name == "tsl":
-        return "configs/demo_tsl_train.yaml", []
-    if name == "tal":
-        return "configs/demo_tal_train.yaml", []
+        return CUSTOM[name]
+    if name in ("tsl", "tal"):
+        return BASE_CONFIG[name], []
     if name == "recipe":
-        return "configs/demo_unified_train.yaml", []
+        return BASE_CONFIG["unified"], []
     if name == "w128":
-        return "configs/demo_unified_train.yaml", ["model.embd_dim=128"]
+        return BASE_CONFIG["unified"], ["model.embd_dim=128"]
     opts = ["model.embd_dim=128",
             f"model.task_heads.regression={'per_task' if name == 'per_task' else 'shared'}",
             "train_cfg.task_loss_weight=1.0"]
     if name.startswith("md"):
         opts.append(f"model.modality_dropout={dropout}")
-    return "configs/demo_unified_train.yaml", opts
+    return BASE_CONFIG["unified"], opts
+
+
+def add_custom(spec: str) -> str:
+    """Registers ``--custom NAME[@tal|@tsl]=KEY=V;KEY=V`` as a variant; returns its name."""
+    name, _, values = spec.partition("=")
+    name, _, base = name.partition("@")
+    if not name or base not in ("", "tal", "tsl"):
+        sys.exit(f"--custom {spec}: expected NAME, NAME@tal or NAME@tsl before the first '='")
+    CUSTOM[name] = (BASE_CONFIG[base or "unified"], [v for v in values.split(";") if v])
+    if base:
+        TASK_OF[name] = TASK_OF[base]
+    return name
 
 
 def run(cmd: List[str], threads: int) -> float:
@@ -117,7 +131,7 @@ def summary(results: Dict[str, List[Dict[str, float]]]) -> str:
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | "
                      f"{statistics.median(r['train_s'] for r in runs):.1f} |")
     for name, runs in results.items():
-        if name in TASK_OF:
+        if name in ("tal", "tsl"):
             continue
         for task, sep in (("action_localisation", "tal"), ("sound_localisation", "tsl")):
             pairs = paired(runs, results.get(sep, []), task)
@@ -130,8 +144,8 @@ def summary(results: Dict[str, List[Dict[str, float]]]) -> str:
     if "tsl" in results and "tal" in results:
         separate = {a["seed"]: a["train_s"] + b["train_s"]
                     for a in results["tsl"] for b in results["tal"] if a["seed"] == b["seed"]}
-        for name in results:
-            if name in TASK_OF:
+        for name, runs in results.items():
+            if not all(task in runs[0] for task in UNIFIED):     # a single-task variant
                 continue
             ratio = [u["train_s"] / separate[u["seed"]] for u in results[name]
                      if u["seed"] in separate]
@@ -159,20 +173,22 @@ def main() -> None:
     p.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
                    help="train nothing: print the summary of earlier --json files together")
     p.add_argument("--custom", action="append", default=[], metavar="NAME=KEY=V;KEY=V",
-                   help="an extra variant: the unified config with these --opt values "
-                        "(';'-separated), listed in --variants by NAME")
+                   help="an extra variant: the unified config (NAME@tal, NAME@tsl: that "
+                        "separate model's) with these --opt values (';'-separated), listed in "
+                        "--variants by NAME")
     args = p.parse_args()
     if args.summarize:
         merged: Dict[str, List[Dict[str, float]]] = {}
         for f in args.summarize:
             for name, runs in json.loads(Path(f).read_text()).items():
+                if name.startswith("_"):            # notes, e.g. "_variants": what each name ran
+                    continue
                 have = {r["seed"] for r in merged.get(name, [])}
                 merged.setdefault(name, []).extend(r for r in runs if r["seed"] not in have)
         print(summary({k: sorted(v, key=lambda r: r["seed"]) for k, v in merged.items()}))
         return
     for spec in args.custom:
-        name, _, values = spec.partition("=")
-        CUSTOM[name] = [v for v in values.split(";") if v]
+        add_custom(spec)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     names = [f"md{args.dropout:g}" if v == "md" else v for v in args.variants.split(",") if v]
     results: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}

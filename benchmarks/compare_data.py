@@ -109,21 +109,22 @@ def replicate(data: Dict[str, Any], num_train: int, log=print) -> Dict[str, Any]
 
 def annotation_files(data: Dict[str, Any], num_train: int) -> Dict[str, Path]:
     """Our annotation file and the reference's JSON for the first ``num_train`` training videos
-    plus every validation video (written once per size)."""
+    plus every validation video (rewritten whenever the dataset under them changed: the
+    validation ids depend on the dataset's size)."""
     ann, root = data["ann"], data["root"]
     keep = data["ids"]["train"][:num_train] + data["ids"]["valid"]
     ours, ref = root / f"annotations_{num_train}.json", root / f"anet_{num_train}.json"
-    if not ours.exists():
-        ours.write_text(json.dumps({v: ann[v] for v in keep}))
-    if not ref.exists():
-        db = {}
-        for vid in keep:
-            meta = ann[vid]["metadata"]
-            db[vid] = {"subset": meta["split"], "duration": meta["num_frames"] / meta["frame_rate"],
-                       "annotations": [{"segment": [e["timestamps"][0] / 1e6, e["timestamps"][1] / 1e6],
-                                        "label": e["label"], "label_id": e["label_id"]}
-                                       for e in ann[vid]["sound_localisation"]]}
-        ref.write_text(json.dumps({"version": "synthetic", "database": db}))
+    db = {}
+    for vid in keep:
+        meta = ann[vid]["metadata"]
+        db[vid] = {"subset": meta["split"], "duration": meta["num_frames"] / meta["frame_rate"],
+                   "annotations": [{"segment": [e["timestamps"][0] / 1e6, e["timestamps"][1] / 1e6],
+                                    "label": e["label"], "label_id": e["label_id"]}
+                                   for e in ann[vid]["sound_localisation"]]}
+    for path, text in ((ours, json.dumps({v: ann[v] for v in keep})),
+                       (ref, json.dumps({"version": "synthetic", "database": db}))):
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
     return {"ours": ours, "ref": ref}
 
 

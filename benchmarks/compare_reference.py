@@ -35,11 +35,15 @@ data and config for several seeds; mean +- std of the average mAP.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -114,10 +118,17 @@ class Bench:
         cfg = write_configs(self.d, self.work / "eval", num_train=n, width=512, seed=1,
                             opt={"epochs": 1, "warmup": False}, name="prep")
         ckpt = self.work / "eval" / "prep_ours_prep" / "epoch_001.pth.tar"
+        stamp = self.work / "eval" / "prep_data.json"    # the data the checkpoint was trained on
+        want = {"annotations": hashlib.sha256(Path(yaml.safe_load(cfg["ours"].read_text())
+                                                   ["dataset"]["json_file"]).read_bytes()).hexdigest()}
+        if ckpt.exists() and not (stamp.exists() and json.loads(stamp.read_text()) == want):
+            self.log(f"eval checkpoint {ckpt} was trained on other data: training it again")
+            shutil.rmtree(ckpt.parent)
         if not ckpt.exists():
             self.log(f"eval checkpoint: one epoch of ours at width 512 on {n} videos ...")
             run_worker("ours", {"kind": "train", "config": str(cfg["ours"]), "name": "prep",
                                 "warmup": 0}, self.work / "eval", threads=self.args.threads)
+            stamp.write_text(json.dumps(want))
         ref = ref_checkpoint(ckpt, self.work / "eval" / "prep_ref.pth.tar")
         return cfg, ckpt, ref
 

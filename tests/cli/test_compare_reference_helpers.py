@@ -119,3 +119,22 @@ def test_initial_weights_equal_the_reference(data):
     assert ours.keys() == theirs.keys()
     for k in ours:
         assert torch.equal(ours[k], theirs[k]), k
+
+
+def test_annotation_files_follow_a_regenerated_dataset(tmp_path):
+    """The per-size annotation files are rewritten when the dataset under them changed (its
+    validation ids depend on the dataset's size); a stale file named other videos."""
+    def data(train, valid):
+        ev = {"timestamps": [1e6, 2e6], "label": "a", "label_id": 0}
+        ann = {v: {"metadata": {"split": s, "num_frames": 300, "frame_rate": 30.0},
+                   "sound_localisation": [ev]}
+               for s, ids in (("train", train), ("valid", valid)) for v in ids}
+        return {"ann": ann, "root": tmp_path, "ids": {"train": train, "valid": valid}}
+
+    first = cd.annotation_files(data(["t0", "t1", "t2"], ["v3"]), 2)
+    assert set(json.loads(first["ours"].read_text())) == {"t0", "t1", "v3"}
+    files = cd.annotation_files(data(["t0", "t1"], ["v2"]), 2)       # regenerated, smaller
+    assert set(json.loads(files["ours"].read_text())) == {"t0", "t1", "v2"}
+    db = json.loads(files["ref"].read_text())["database"]
+    assert set(db) == {"t0", "t1", "v2"} and db["v2"]["subset"] == "valid"
+    assert db["t0"]["duration"] == 10.0 and db["t0"]["annotations"][0]["segment"] == [1.0, 2.0]
