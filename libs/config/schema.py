@@ -168,6 +168,10 @@ class ModelConfig:
     head_kernel_size: int = key(3, "kernel of the head convs (odd)", min=1)
     head_num_layers: int = key(3, "convs per head including the output conv", min=1)
     head_with_ln: bool = key(True, "LayerNorm inside the heads")
+    offset_activation: str = key(
+        "relu", "regression output activation: 'relu' (the original; an output channel whose values "
+                "all turn negative gets no gradient again) or 'softplus' (docs/numerics.md s.4.7)",
+        choices=("relu", "softplus"))
     max_buffer_len_factor: float = key(1.0, "point buffers cover max_seq_len x this many cells (the "
                                             "inference length limit)", min=1.0)
     use_abs_pe: bool = key(True, "add the sinusoidal absolute position embedding")

@@ -59,7 +59,8 @@ class Detector(nn.Module):
                  head_with_ln: bool, max_buffer_len_factor: float, use_abs_pe: bool,
                  use_rel_pe: bool, regression_range: Sequence[Sequence[float]], dropout: float,
                  droppath: float, cls_prior_prob: Sequence[float],
-                 head_empty_cls: Sequence[int], task_gradient: str = "sum") -> None:
+                 head_empty_cls: Sequence[int], task_gradient: str = "sum",
+                 offset_activation: str = "relu") -> None:
         super().__init__()
         assert len(tasks) == len(task_num_classes) == len(cls_prior_prob) >= 1
         self.layout = TaskLayout(tuple(tasks), tuple(int(n) for n in task_num_classes))
@@ -95,7 +96,8 @@ class Detector(nn.Module):
 
         def reg_head() -> RegHead:
             return RegHead(neck_dim, head_dim, len(self.strides), num_layers=head_num_layers,
-                           kernel_size=head_kernel_size, with_ln=head_with_ln)
+                           kernel_size=head_kernel_size, with_ln=head_with_ln,
+                           activation=offset_activation)
 
         if len(tasks) == 1:          # the original layout (state-dict keys cls_head., reg_head.)
             self.cls_head = cls_heads[0]

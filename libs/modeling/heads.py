@@ -132,11 +132,14 @@ class ClsHead(_HeadTrunk):
 
 
 class RegHead(_HeadTrunk):
-    """Left/right distances in units of the level stride: ``ReLU(Scale_l * conv(x))``."""
+    """Left/right distances in units of the level stride: ``ReLU(Scale_l * conv(x))`` (or
+    softplus, ``model.offset_activation``)."""
 
     def __init__(self, input_dim: int, feat_dim: int, num_levels: int, *, num_layers: int,
-                 kernel_size: int, with_ln: bool) -> None:
+                 kernel_size: int, with_ln: bool, activation: str = "relu") -> None:
         super().__init__(input_dim, feat_dim, num_layers, kernel_size, with_ln)
+        assert activation in ("relu", "softplus"), activation
+        self.activation = F.relu if activation == "relu" else F.softplus
         self.scale = nn.ModuleList(Scale() for _ in range(num_levels))
         self.offset_head = MaskedConv1D(feat_dim, 2, kernel_size, bias=True)
 
@@ -153,4 +156,4 @@ class RegHead(_HeadTrunk):
                 parts.append(scale.scale.expand(self.kernel_size // 2))
             parts.append(scale.scale.expand(n))
         parts.append(self.scale[-1].scale.expand(y.shape[-1] - pack.starts[-1] - pack.lengths[-1]))
-        return pack.split(F.relu(y * torch.cat(parts).view(1, 1, -1)))
+        return pack.split(self.activation(y * torch.cat(parts).view(1, 1, -1)))
