@@ -117,8 +117,10 @@ class Localiser:
             mod["path"], mod["ext"] = str(folders[mod["name"]]), exts[mod["name"]]
         return resolve_config(raw, f"{self.source}, stored config")
 
-    def name_of(self, label: int) -> str:
-        return self.label_names.get(int(label), str(int(label)))
+    def name_of(self, label: int, local: int) -> str:
+        """The name of joint class id ``label``; ``str(local)`` (the task's own class id, as in
+        :attr:`VideoDetections.labels`) if the label map has none."""
+        return self.label_names.get(int(label), str(int(local)))
 
     def _arrays(self, features: Mapping[str, ArrayLike]) -> List[np.ndarray]:
         """The modality arrays in config order, checked: every name present, 2-D with the
@@ -165,8 +167,9 @@ class Localiser:
                       self.device, amp=self.amp, show_progress=False)[0]
         labels = det["labels"].numpy().astype(np.int64)                  # joint label space
         task_idx = layout.task_of(labels)
+        local = labels - np.asarray(layout.offsets)[task_idx]
         return VideoDetections(segments=det["segments"].numpy().astype(np.float32),
                                scores=det["scores"].numpy().astype(np.float32),
-                               labels=labels - np.asarray(layout.offsets)[task_idx],
-                               label_names=[self.name_of(c) for c in labels],
+                               labels=local,
+                               label_names=[self.name_of(c, k) for c, k in zip(labels, local)],
                                tasks=[layout.tasks[i] for i in task_idx])
