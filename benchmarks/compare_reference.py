@@ -65,6 +65,11 @@ def has_amp() -> bool:
     return any(f.name == "amp" for f in dataclasses.fields(TrainConfig))
 
 
+def native_bf16() -> bool:
+    from libs.common.distributed import cpu_has_native_bf16
+    return cpu_has_native_bf16()
+
+
 def med(values: List[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -77,6 +82,10 @@ class Bench:
         self.work = REF / ("work_quick" if args.quick else "work")
         self.results: Dict[str, Dict[str, List[dict]]] = {}
         self.bf16 = has_amp() and not args.no_bf16
+        if self.bf16 and not native_bf16():
+            self.log("no bf16 rows: this CPU has no native bfloat16 (AVX512-BF16 or AMX); "
+                     "emulated bf16 would be many times slower than float32")
+            self.bf16 = False
         self.count = 0
 
     def log(self, msg: str) -> None:

@@ -138,3 +138,14 @@ def test_annotation_files_follow_a_regenerated_dataset(tmp_path):
     db = json.loads(files["ref"].read_text())["database"]
     assert set(db) == {"t0", "t1", "v2"} and db["v2"]["subset"] == "valid"
     assert db["t0"]["duration"] == 10.0 and db["t0"]["annotations"][0]["segment"] == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_rows_only_on_a_cpu_with_native_bf16(monkeypatch, capsys, native):
+    import compare_reference as cr
+    from libs.common import distributed
+    monkeypatch.setattr(distributed, "cpu_has_native_bf16", lambda: native)
+    bench = cr.Bench(cr.parse_args(["--mem-videos", "400"]))
+    assert bench.bf16 is native
+    assert ("no bf16 rows: this CPU has no native bfloat16" in capsys.readouterr().out) is not native
+    assert cr.Bench(cr.parse_args(["--no-bf16"])).bf16 is False
