@@ -2,7 +2,7 @@
 """Side-by-side benchmark against the reference implementation (PyPI ``actionformer==1.5.0``).
 
     python benchmarks/compare_reference.py [--threads 1] [--repeats 2] [--profile] [--quick]
-        [--mem-videos 400,1600] [--no-bf16] [--json OUT]
+        [--mem-videos 400,1600] [--no-bf16] [--skip train,eval,metric] [--json OUT]
     python benchmarks/compare_reference.py --accuracy [--seeds 1,2,3] [--jobs 2] [--quick]
 
 On first use it installs the reference under ``benchmarks/.ref/site`` (``compare_run.py``: pip
@@ -57,6 +57,7 @@ FULL = dict(valid=300, preds=150_000, repeats=2, warm512=1, timed512=3, warm128=
 QUICK = dict(valid=16, preds=5_000, repeats=1, warm512=1, timed512=2, warm128=1, timed128=2,
              min_duration=4.0, max_duration=6.0)
 GB = 1e9
+STEPS = {"train", "eval", "metric"}    # what --skip can leave out
 
 
 def has_amp() -> bool:
@@ -87,6 +88,7 @@ class Bench:
                      "emulated bf16 would be many times slower than float32")
             self.bf16 = False
         self.count = 0
+        self.check: Dict[str, Tuple[float, int]] = {}
 
     def log(self, msg: str) -> None:
         print(msg, flush=True)
@@ -198,6 +200,14 @@ class Bench:
                                              "profile": True, "profile_iters": iters})
 
 
+def steps(text: str) -> set:
+    """``--skip``'s value: a set of :data:`STEPS` (argparse's exit-2 error otherwise)."""
+    chosen = {s for s in text.split(",") if s}
+    if chosen - STEPS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected steps among {', '.join(sorted(STEPS))}")
+    return chosen
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (both sides)")
@@ -206,6 +216,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="training-set sizes for the memory and start-up rows (the first one also "
                         "for s/iteration and the evaluation checkpoint)")
     p.add_argument("--profile", action="store_true", help="also a torch.profiler breakdown")
+    p.add_argument("--skip", type=steps, default=set(), help="comma-separated steps not to run this time: train, "
+                   "eval, metric (their rows print '-'; metric reuses eval's config files)")
     p.add_argument("--no-bf16", action="store_true", help="skip our bf16 rows")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--json", default=None, help="also write every measurement to this file")
@@ -227,15 +239,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.repeats:
         bench.p = dict(bench.p, repeats=args.repeats)
     p = bench.p
+    skip = args.skip
     bench.data()
-    bench.log(f"training, width 512 and 128 ({p['repeats']} run(s) per side, interleaved)")
-    bench.train_cell(512, bench.sizes[0], p["warm512"], p["timed512"])
-    for n in bench.sizes:
-        bench.train_cell(128, n, p["warm128"], p["timed128"])
-    bench.log(f"validation, {p['valid']} videos")
-    bench.eval_cell()
-    bench.log(f"metric alone, {p['preds']:,} predictions")
-    bench.metric_cell()
+    if "train" not in skip:
+        bench.log(f"training, width 512 and 128 ({p['repeats']} run(s) per side, interleaved)")
+        bench.train_cell(512, bench.sizes[0], p["warm512"], p["timed512"])
+        for n in bench.sizes:
+            bench.train_cell(128, n, p["warm128"], p["timed128"])
+    if "eval" not in skip:
+        bench.log(f"validation, {p['valid']} videos")
+        bench.eval_cell()
+    if "metric" not in skip:
+        bench.log(f"metric alone, {p['preds']:,} predictions")
+        bench.metric_cell()
     if args.profile:
         bench.log("profile, width 512")
         bench.profile_cell()

@@ -296,7 +296,7 @@ def evaluate_map(gt: GroundTruth, preds: Predictions,
     ``verbose=False`` drops the log lines about classes without predictions or ground truth
     (for callers that evaluate many subsets, such as the report).
     Raises :class:`UserError` when ``gt`` has no events (e.g. the test split); ``where`` names
-    the split or file in that message.
+    the split, file or task in that message and in the log lines.
     """
     thr = np.asarray(tiou_thresholds, dtype=np.float64).reshape(-1)
     if len(thr) == 0 or not np.all((thr > 0) & (thr <= 1)):
@@ -339,11 +339,11 @@ def evaluate_map(gt: GroundTruth, preds: Predictions,
         rank_in_class[pi] = np.arange(len(pi))
     missing = class_ids[num_pred == 0]
     if len(missing) and verbose:
-        logger.warning("%d class(es) with ground truth have no predictions (AP 0): %s",
-                       len(missing), ", ".join(str(c) for c in missing))
+        logger.warning("%s: %d class(es) with ground truth have no predictions (AP 0): %s",
+                       where, len(missing), ", ".join(str(c) for c in missing))
     ignored = int(len(preds) - num_pred.sum())
     if ignored and verbose:
-        logger.info("%d predictions of classes without ground truth ignored", ignored)
+        logger.info("%s: %d predictions of classes without ground truth ignored", where, ignored)
     map_per_tiou = ap.mean(axis=1)
     matches = PredictionMatches(tiou_thresholds=thr, matched_event=matched_event,
                                 rank_in_class=rank_in_class)

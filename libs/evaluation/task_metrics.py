@@ -71,5 +71,5 @@ def score_task_detections(detections: Sequence[Mapping[str, Any]], videos: Seque
         records = task_records(videos, layout, task)
         dets = task_detections(detections, layout, task, [v.video_id for v in records])
         results[task] = evaluate_map(ground_truth_from_records(records),
-                                     predictions_from_detections(dets))
+                                     predictions_from_detections(dets), where=f"task {task}")
     return TaskMetrics(list(layout.tasks), results)

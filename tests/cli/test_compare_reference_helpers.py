@@ -149,3 +149,12 @@ def test_bf16_rows_only_on_a_cpu_with_native_bf16(monkeypatch, capsys, native):
     assert bench.bf16 is native
     assert ("no bf16 rows: this CPU has no native bfloat16" in capsys.readouterr().out) is not native
     assert cr.Bench(cr.parse_args(["--no-bf16"])).bf16 is False
+
+
+def test_skip_names_steps():
+    import compare_reference as cr
+    assert cr.parse_args(["--skip", "metric,train"]).skip == {"metric", "train"}
+    assert cr.parse_args([]).skip == set()
+    with pytest.raises(SystemExit) as err:
+        cr.parse_args(["--skip", "eval,nms"])
+    assert err.value.code == 2

@@ -110,3 +110,16 @@ def test_score_task_detections_equals_scoring_each_task_alone():
         assert got.results[task].average_map == ref.average_map
     assert got.average_map == np.mean([r.average_map for r in got.results.values()])
     assert "Mean of the tasks' average mAPs" in got.format_table()
+
+
+def test_a_class_without_predictions_is_reported_with_its_task(caplog):
+    layout = TaskLayout(TWO, (3, 2))
+    segs = np.array([[1.0, 4.0], [6.0, 9.0]])
+    videos = [VideoRecord("v0", "valid", 100, 5.0, 20.0, segs, np.array([1, 4]), (True, True))]
+    # one action detection, no sound detection: sound class 1 (joint 4) has none
+    dets = [{"video_id": "v0", "segments": segs[:1], "scores": np.array([0.9]), "labels": np.array([1])}]
+    with caplog.at_level("WARNING", logger="libs.evaluation.metrics"):
+        score_task_detections(dets, videos, layout)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert lines == ["task sound_localisation: 1 class(es) with ground truth have no predictions "
+                     "(AP 0): 1"]
