@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+CPU = torch.device("cpu")
 
+from libs.common.distributed import autocast, check_amp  # noqa: E402
 from libs.modeling.attention import LocalMaskedMHCA  # noqa: E402
 from libs.modeling.blocks import TransformerBlock  # noqa: E402
 from libs.modeling.heads import ClsHead, RegHead  # noqa: E402
@@ -104,11 +106,8 @@ def _timed(fn: Callable[[], object], train: bool) -> float:
 
 
 def ab(before: Callable, after: Callable, rounds: int, train: bool, amp: str) -> Dict[str, float]:
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp == "bf16" else \
-        (lambda: torch.autocast("cpu", enabled=False))
-
     def run(fn):
-        with ctx(), (torch.enable_grad() if train else torch.no_grad()):
+        with autocast(amp, CPU), (torch.enable_grad() if train else torch.no_grad()):
             return _timed(fn, train)
     run(before)
     run(after)
@@ -129,6 +128,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--amp", nargs="+", default=["none", "bf16"], choices=("none", "bf16"))
     p.add_argument("--levers", nargs="+", default=["heads", "attention", "block", "ln", "adamw", "ema"])
     a = p.parse_args(argv)
+    for amp in a.amp:
+        check_amp(amp, CPU, "--amp")         # emulated bf16 on this CPU: a warning
     torch.manual_seed(0)
     b, c, t = a.batch, a.width, 192
     lens = [t // 2 ** i for i in range(6)]

@@ -239,17 +239,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.repeats:
         bench.p = dict(bench.p, repeats=args.repeats)
     p = bench.p
-    skip = args.skip
     bench.data()
-    if "train" not in skip:
+    if "train" not in args.skip:
         bench.log(f"training, width 512 and 128 ({p['repeats']} run(s) per side, interleaved)")
         bench.train_cell(512, bench.sizes[0], p["warm512"], p["timed512"])
         for n in bench.sizes:
             bench.train_cell(128, n, p["warm128"], p["timed128"])
-    if "eval" not in skip:
+    if "eval" not in args.skip:
         bench.log(f"validation, {p['valid']} videos")
         bench.eval_cell()
-    if "metric" not in skip:
+    if "metric" not in args.skip:
         bench.log(f"metric alone, {p['preds']:,} predictions")
         bench.metric_cell()
     if args.profile:
