@@ -10,6 +10,7 @@ Jobs (``kind``):
   validation split, ``predict_dataset``, ``score_detections``); inference + NMS (dataset
   construction included) and the metric timed apart; detections saved for the caller.
 - ``metric``: ``evaluate_map`` alone on saved prediction columns (median of 3).
+- ``floor``: the fp32 FLOP floor of the config's model on this CPU (``compare_floor.py``).
 """
 from __future__ import annotations
 
@@ -141,11 +142,18 @@ def metric(job: dict) -> dict:
     return {"metric": statistics.median(times), "average_map": float(result.average_map)}
 
 
+def floor(job: dict) -> dict:
+    from compare_floor import floor_job
+    from libs.config import load_config
+    return floor_job(load_config(job["config"]), int(job["batch"]))
+
+
 def main() -> None:
     job = json.load(open(sys.argv[1]))
     torch.set_num_threads(job["threads"])
     os.chdir(job.get("cwd", os.getcwd()))
-    result = {"train": train, "eval": evaluate, "metric": metric}[job["kind"]](job)
+    result = {"train": train, "eval": evaluate, "metric": metric,
+              "floor": floor}[job["kind"]](job)
     result["peak_rss_main"] = peak_rss_self()
     write_result(job["result"], result)
 

@@ -2,7 +2,7 @@
 """Side-by-side benchmark against the reference implementation (PyPI ``actionformer==1.5.0``).
 
     python benchmarks/compare_reference.py [--threads 1] [--repeats 2] [--profile] [--quick]
-        [--mem-videos 400,1600] [--no-bf16] [--skip train,eval,metric] [--json OUT]
+        [--mem-videos 400,1600] [--no-bf16] [--skip train,eval,metric,floor] [--json OUT]
     python benchmarks/compare_reference.py --accuracy [--seeds 1,2,3] [--jobs 2] [--quick]
 
 On first use it installs the reference under ``benchmarks/.ref/site`` (``compare_run.py``: pip
@@ -23,7 +23,10 @@ count, A B A B interleaved, medians:
 - the metric alone on ``--preds`` predictions (ours: ``evaluate_map``; theirs: ``ANETdetection``);
 - with ``train.amp`` in the schema, our bf16 training and ``--amp bf16`` evaluation rows
   (against the reference's fp32, which has no mixed precision); ``--profile``: a
-  torch.profiler breakdown of a width-512 training iteration per side (``compare_common.py``).
+  torch.profiler breakdown of a width-512 training iteration per side (``compare_common.py``);
+- the fp32 FLOP floor (``compare_floor.py``): the model's FLOPs at this CPU's measured peak rate
+  for its kernels, the fastest any implementation of this arithmetic could run a training
+  iteration or the validation, and so the best ratio against the reference this CPU allows.
 It prints the ratios (reference / ours: > 1 means ours is faster or smaller), then the table.
 Measured: 15 minutes with ``--threads 1`` on the shared 2-core development machine; a first run
 adds about 1 minute for the install, 3 to 8 for the data and 3 for the evaluation checkpoint
@@ -57,7 +60,7 @@ FULL = dict(valid=300, preds=150_000, repeats=2, warm512=1, timed512=3, warm128=
 QUICK = dict(valid=16, preds=5_000, repeats=1, warm512=1, timed512=2, warm128=1, timed128=2,
              min_duration=4.0, max_duration=6.0)
 GB = 1e9
-STEPS = {"train", "eval", "metric"}    # what --skip can leave out
+STEPS = {"train", "eval", "metric", "floor"}    # what --skip can leave out
 
 
 def has_amp() -> bool:
@@ -189,6 +192,14 @@ class Bench:
                 self.log(f"  metric {side:5s} {r['metric']:8.3f} s  average mAP "
                          f"{100 * r['average_map']:.2f}%")
 
+    def floor_cell(self) -> None:
+        cfg = write_configs(self.d, self.work / "floor", num_train=self.sizes[0], width=512, seed=1)
+        r = self.run("floor", "ours", "ours", {"kind": "floor", "config": str(cfg["ours"]),
+                                               "batch": 16})
+        self.log(f"  FLOP floor: training iteration {r['train_floor']:.2f} s, inference "
+                 f"{1e3 * r['infer_floor_per_video']:.1f} ms/video (conv {r['rates']['conv']:.0f}, "
+                 f"matmul {r['rates']['matmul']:.0f} GFLOP/s)")
+
     def profile_cell(self) -> None:
         width, n = 512, self.sizes[0]
         cfg = write_configs(self.d, self.work / "profile", num_train=n, width=width, seed=1)
@@ -217,7 +228,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "for s/iteration and the evaluation checkpoint)")
     p.add_argument("--profile", action="store_true", help="also a torch.profiler breakdown")
     p.add_argument("--skip", type=steps, default=set(), help="comma-separated steps not to run this time: train, "
-                   "eval, metric (their rows print '-'; metric reuses eval's config files)")
+                   "eval, metric, floor (their rows print '-'; metric reuses eval's config files)")
     p.add_argument("--no-bf16", action="store_true", help="skip our bf16 rows")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--json", default=None, help="also write every measurement to this file")
@@ -251,6 +262,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "metric" not in args.skip:
         bench.log(f"metric alone, {p['preds']:,} predictions")
         bench.metric_cell()
+    if "floor" not in args.skip:
+        bench.log("fp32 FLOP floor of the width-512 model on this CPU")
+        bench.floor_cell()
     if args.profile:
         bench.log("profile, width 512")
         bench.profile_cell()
@@ -262,6 +276,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.profile:
         print(report.profile() + "\n")
     print(report.ratios() + "\n")
+    if report.floor():
+        print(report.floor() + "\n")
     print(report.table(header(args.threads, p["repeats"])))
     return 0
 

@@ -129,6 +129,38 @@ class Report:
         return "ratios (reference / ours; > 1: ours faster or smaller):\n" + "\n".join(
             f"  {label}: {ratio}" for label, _, _, ratio in self.rows() if ratio != "-")
 
+    def floor(self) -> str:
+        """The fp32 FLOP floor (``compare_floor.py``) beside the measured times: what the
+        arithmetic both sides share allows at most on this CPU."""
+        runs = self.runs("floor", "ours")
+        if not runs:
+            return ""
+        f = runs[-1]
+        rates, train = f["rates"], f["flops"]["train"]
+        infer = {k: v / f["batch"] * self.valid for k, v in f["flops"]["infer"].items()}
+        infer_floor = f["infer_floor_per_video"] * self.valid
+        c = f"train512_{self.sizes[0]}"
+        measured = [
+            (f"train width 512, s/iteration (batch {f['batch']})", train, f["train_floor"],
+             self.s_it(c, "ref"), self.s_it(c, "ours")),
+            (f"valid inference + NMS, {self.valid:,} videos", infer, infer_floor,
+             self.each("eval", "ref", "infer"), self.each("eval", "ours", "infer")),
+            (f"valid inference + NMS + metric, {self.valid:,} videos", infer, infer_floor,
+             _sum(self.runs("eval", "ref")), _sum(self.runs("eval", "ours")))]
+        lines = [f"fp32 FLOP floor on this CPU (compare_floor.py: our model's FLOPs at the best "
+                 f"rate measured for its kernels, conv {rates['conv']:.0f} GFLOP/s, matmul "
+                 f"{rates['matmul']:.0f} GFLOP/s; the floor counts the model's convs and matmuls "
+                 f"only, so 'ref / floor' bounds the ratio any implementation could reach):", "",
+                 "| figure | GFLOP (conv + matmul) | floor | reference | ours | floor / ours | "
+                 "ref / floor |", "|---|---|---|---|---|---|---|"]
+        for label, flops, fl, ref, ours in measured:
+            lines.append(
+                f"| {label} | {(flops['conv'] + flops['matmul']) / 1e9:,.1f} "
+                f"({flops['conv'] / 1e9:,.1f} + {flops['matmul'] / 1e9:,.1f}) | {fl:.2f} s | "
+                f"{_secs(ref)} | {_secs(ours)} | "
+                f"{f'{fl / ours:.0%}' if ours else '-'} | {f'{ref / fl:.2f}' if ref else '-'} |")
+        return "\n".join(lines)
+
     def profile(self) -> str:
         runs = {side: self.runs("profile", side) for side in ("ref", "ours")}
         if not all(runs.values()):
@@ -147,6 +179,10 @@ class Report:
             lines += ["", f"top ops by self CPU time, {side} (s/iteration): " + ", ".join(
                 f"{k} {v:.3f}" for k, v in prof[side]["top_ops"][:8])]
         return "\n".join(lines)
+
+
+def _secs(v: Optional[float]) -> str:
+    return "-" if v is None else f"{Report._fmt(v, 's')} s"
 
 
 def _sum(runs: List[dict]) -> Optional[float]:

@@ -2,8 +2,9 @@
 
 Each head has ``num_layers - 1`` blocks ``MaskedConv1D(k) -> LN -> ReLU`` (``head.{i}``,
 ``norm.{i}``) and an output ``MaskedConv1D``. Inputs are lists of ``(B, C, T_l)`` features and
-``(B, 1, T_l)`` bool masks; outputs are lists of ``(B, C_out, T_l)`` float32. All levels run in one
-call per layer (:class:`LevelPack`); the output convs run in float32 under autocast.
+``(B, 1, T_l)`` bool masks; outputs are lists of ``(B, C_out, T_l)`` float32 (views of
+``(B, T_l, C_out)`` memory). All levels run in one call per layer, in channels-last memory
+(:class:`LevelPack`); the output convs run in float32 under autocast.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import MaskedConv1D, Scale, maybe_norm
+from .layers import ChannelLayerNorm, MaskedConv1D, Scale, conv1d_btc, maybe_norm
 
 EMPTY_CLS_PRIOR = 1e-6
 PACK_MULTIPLE = 16      # packed length rounded up to this (oneDNN's bf16 convs are 2x slower otherwise)
@@ -26,11 +27,12 @@ def prior_bias(prob: float) -> float:
 
 
 class LevelPack(NamedTuple):
-    """All pyramid levels side by side along time, ``gap`` zero columns between two levels.
+    """All pyramid levels one after another along time in channels-last memory, ``gap`` zero
+    rows between two levels.
 
-    ``x`` ``(B, C, P)`` contiguous, ``P = sum T_l + (L - 1) gap`` rounded up to a multiple of
-    :data:`PACK_MULTIPLE` with zero columns at the end; ``mask`` ``(B, 1, P)`` bool (False on the
-    gaps and the end); ``keep`` ``(1, 1, P)`` float, 1 on level positions and 0 on the gaps;
+    ``x`` ``(B, P, C)`` contiguous, ``P = sum T_l + (L - 1) gap`` rounded up to a multiple of
+    :data:`PACK_MULTIPLE` with zero rows at the end; ``mask`` ``(B, P, 1)`` bool (False on the
+    gaps and the end); ``keep`` ``(1, P, 1)`` float, 1 on level positions and 0 on the gaps;
     ``starts``/``lengths``: where level ``l`` lies in ``P``.
     """
     x: torch.Tensor
@@ -41,38 +43,55 @@ class LevelPack(NamedTuple):
 
     @staticmethod
     def build(feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], gap: int) -> "LevelPack":
+        """``feats``: per level ``(B, C, T_l)`` (a view of ``(B, T_l, C)`` memory is read without
+        a transposed copy); ``masks``: per level ``(B, 1, T_l)``."""
         lengths = [int(f.shape[-1]) for f in feats]
         starts = [sum(lengths[:i]) + i * gap for i in range(len(lengths))]
-        f0, m0 = feats[0], masks[0]
+        f0 = feats[0]
+        b, c = f0.shape[0], f0.shape[1]
         xs: List[torch.Tensor] = []
         ms: List[torch.Tensor] = []
         keep: List[torch.Tensor] = []
+
+        def zeros(n: int) -> None:
+            xs.append(f0.new_zeros(b, n, c))
+            ms.append(torch.zeros(b, n, 1, dtype=torch.bool, device=f0.device))
+            keep.append(torch.zeros(n, dtype=f0.dtype, device=f0.device))
+
         for i, (f, m) in enumerate(zip(feats, masks)):
             if i > 0 and gap > 0:
-                xs.append(f0.new_zeros(f0.shape[0], f0.shape[1], gap))
-                ms.append(m0.new_zeros(m0.shape[0], 1, gap))
-                keep.append(torch.zeros(gap, dtype=f0.dtype, device=f0.device))
-            xs.append(f)
-            ms.append(m.bool())
+                zeros(gap)
+            xs.append(f.transpose(1, 2))
+            ms.append(m.bool().transpose(1, 2))
             keep.append(torch.ones(f.shape[-1], dtype=f0.dtype, device=f0.device))
         tail = -(starts[-1] + lengths[-1]) % PACK_MULTIPLE
-        if tail:                          # trailing zero columns: an aligned length for the convs
-            xs.append(f0.new_zeros(f0.shape[0], f0.shape[1], tail))
-            ms.append(m0.new_zeros(m0.shape[0], 1, tail))
-            keep.append(torch.zeros(tail, dtype=f0.dtype, device=f0.device))
-        return LevelPack(torch.cat(xs, dim=2).contiguous(), torch.cat(ms, dim=2),
-                         torch.cat(keep).view(1, 1, -1), starts, lengths)
+        if tail:                          # trailing zero rows: an aligned length for the convs
+            zeros(tail)
+        return LevelPack(torch.cat(xs, dim=1), torch.cat(ms, dim=1), torch.cat(keep).view(1, -1, 1),
+                         starts, lengths)
 
     def split(self, y: torch.Tensor) -> List[torch.Tensor]:
-        """``(B, K, P)`` -> per level ``(B, K, T_l)`` (views)."""
-        return [y[:, :, s:s + n] for s, n in zip(self.starts, self.lengths)]
+        """``(B, P, K)`` -> per level ``(B, K, T_l)`` (views of ``(B, T_l, K)`` memory)."""
+        return [y[:, s:s + n].transpose(1, 2) for s, n in zip(self.starts, self.lengths)]
+
+
+def _norm_btc(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The head's LN (or identity) on a ``(B, P, C)`` tensor."""
+    return norm.forward_btc(x) if isinstance(norm, ChannelLayerNorm) else norm(x)
+
+
+def _masked_conv_btc(conv: MaskedConv1D, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``MaskedConv1D`` on ``(B, P, C)`` memory: ``conv(x) * mask``, ``mask`` ``(B, P, 1)``."""
+    out = conv1d_btc(conv.conv, x)
+    return out * mask.to(out.dtype)
 
 
 class _HeadTrunk(nn.Module):
     """``num_layers - 1`` blocks conv -> LN -> ReLU, run on every level at once: the levels are
-    packed along time (:class:`LevelPack`) with ``kernel_size // 2`` zero columns between two
+    packed along time (:class:`LevelPack`) with ``kernel_size // 2`` zero rows between two
     levels, which are re-zeroed after each block, so no conv mixes levels (the same values as one
-    call per level, in one conv call per layer)."""
+    call per level, in one conv call per layer). The pack is channels-last ``(B, P, C)`` memory:
+    the convs run on it directly (:func:`conv1d_btc`) and each LN is one fused kernel."""
 
     def __init__(self, input_dim: int, feat_dim: int, num_layers: int, kernel_size: int,
                  with_ln: bool) -> None:
@@ -89,18 +108,18 @@ class _HeadTrunk(nn.Module):
         return LevelPack.build(feats, masks, self.kernel_size // 2)
 
     def _trunk(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        # x (B, C, P); mask (B, 1, P); keep (1, 1, P): 0 on the gaps between levels
+        # x (B, P, C); mask (B, P, 1); keep (1, P, 1): 0 on the gaps between levels
         for conv, norm in zip(self.head, self.norm):
-            x, _ = conv(x, mask)
+            x = _masked_conv_btc(conv, x, mask)
             # padding is not re-zeroed (docs/numerics.md s.4.9); only the gaps between levels are
-            x = F.relu(norm(x)) * keep.to(x.dtype)
+            x = F.relu(_norm_btc(norm, x)) * keep.to(x.dtype)
         return x
 
     def _output(self, conv: MaskedConv1D, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The output conv in float32 (outside autocast): logits and offsets are not rounded to
-        bf16/fp16 before scoring (docs/numerics.md s.4.7)."""
+        bf16/fp16 before scoring (docs/numerics.md s.4.7). ``(B, P, C) -> (B, P, K)``."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return conv(x.float(), mask)[0]
+            return _masked_conv_btc(conv, x.float(), mask)
 
 
 class ClsHead(_HeadTrunk):
@@ -148,12 +167,12 @@ class RegHead(_HeadTrunk):
         assert len(feats) == len(self.scale)
         pack = self._pack(feats, masks)
         x = self._trunk(pack.x, pack.mask, pack.keep)
-        y = self._output(self.offset_head, x, pack.mask)                 # (B, 2, P)
+        y = self._output(self.offset_head, x, pack.mask)                 # (B, P, 2)
         # Scale_l per level: one multiply by the per-position scale (any value on the gaps)
         parts = []
         for i, (scale, n) in enumerate(zip(self.scale, pack.lengths)):
             if i > 0 and self.kernel_size // 2 > 0:
                 parts.append(scale.scale.expand(self.kernel_size // 2))
             parts.append(scale.scale.expand(n))
-        parts.append(self.scale[-1].scale.expand(y.shape[-1] - pack.starts[-1] - pack.lengths[-1]))
-        return pack.split(self.activation(y * torch.cat(parts).view(1, 1, -1)))
+        parts.append(self.scale[-1].scale.expand(y.shape[1] - pack.starts[-1] - pack.lengths[-1]))
+        return pack.split(self.activation(y * torch.cat(parts).view(1, -1, 1)))

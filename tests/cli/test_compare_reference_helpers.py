@@ -158,3 +158,50 @@ def test_skip_names_steps():
     with pytest.raises(SystemExit) as err:
         cr.parse_args(["--skip", "eval,nms"])
     assert err.value.code == 2
+
+
+def test_flop_count_charges_a_grouped_conv_backward_once_per_gradient():
+    from compare_floor import count_flops
+    x = torch.randn(2, 64, 40, requires_grad=True)
+    dw = torch.randn(64, 1, 3, requires_grad=True)            # depthwise
+    dense = torch.randn(32, 64, 3, requires_grad=True)
+    fwd_dw, fwd_dense = 2 * 2 * 40 * 64 * 3, 2 * 2 * 40 * 32 * 64 * 3
+    got = count_flops(lambda: F.conv1d(F.conv1d(x, dw, padding=1, groups=64), dense,
+                                       padding=1).sum().backward())
+    assert got["conv"] == 3 * fwd_dw + 3 * fwd_dense          # forward, grad input, grad weight
+    frozen = torch.randn(2, 64, 40)                           # no grad input asked for
+    got = count_flops(lambda: F.conv1d(frozen, dense, padding=1).sum().backward())
+    assert got == {"conv": 2 * fwd_dense, "matmul": 0.0}
+    lin = torch.randn(8, 64, requires_grad=True)
+    assert count_flops(lambda: F.linear(lin, torch.randn(16, 64)))["matmul"] == 2 * 8 * 64 * 16
+
+
+def test_model_flops_training_is_three_forwards_less_the_input_gradient(data):
+    from compare_floor import floor_seconds, model_flops
+    cfg = load_config(data[1]["ours"])
+    one, two = model_flops(cfg, 1), model_flops(cfg, 2)
+    assert two["infer"]["conv"] == 2 * one["infer"]["conv"] > 0
+    assert two["infer"]["matmul"] == 2 * one["infer"]["matmul"] > 0
+    # backward = grad input + grad weight of every conv and matmul, except the grad of the input
+    # features in the first embedding conv (k3, input_dim -> width over max_seq_len cells)
+    first = 2 * cfg.dataset.max_seq_len * cfg.derived.input_dim * 3 * cfg.model.embd_dim
+    assert one["train"]["conv"] == 3 * one["infer"]["conv"] - first
+    assert one["train"]["matmul"] == pytest.approx(3 * one["infer"]["matmul"], rel=1e-12)
+    assert floor_seconds({"conv": 4e9, "matmul": 3e9}, {"conv": 2.0, "matmul": 3.0}) == 3.0
+
+
+def test_report_floor_bounds_the_ratio():
+    res = {"train512_400": {"ref": [{"iter_times": [9.0]}], "ours": [{"iter_times": [6.0]}]},
+           "eval": {"ref": [{"infer": 60.0, "metric": 90.0}], "ours": [{"infer": 40.0, "metric": 0.5}]},
+           "floor": {"ours": [{"batch": 16, "rates": {"conv": 100.0, "matmul": 50.0},
+                               "flops": {"train": {"conv": 200e9, "matmul": 100e9},
+                                         "infer": {"conv": 16e9, "matmul": 16e9}},
+                               "train_floor": 4.0, "infer_floor_per_video": 0.1}]}}
+    lines = Report(res, [400], 300, 1).floor().splitlines()
+    assert "conv 100 GFLOP/s, matmul 50 GFLOP/s" in lines[0]
+    rows = {r.split(" | ")[0].lstrip("| "): r.split(" | ")[1:] for r in lines[4:]}
+    assert rows["train width 512, s/iteration (batch 16)"] == [
+        "300.0 (200.0 + 100.0)", "4.00 s", "9.000 s", "6.000 s", "67%", "2.25 |"]
+    assert rows["valid inference + NMS, 300 videos"][1:] == ["30.00 s", "60.0 s", "40.0 s", "75%", "2.00 |"]
+    assert rows["valid inference + NMS + metric, 300 videos"][-1] == "5.00 |"
+    assert Report({}, [400], 300, 1).floor() == ""

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from libs.modeling.attention import band_attention, band_bias, band_block
 from libs.modeling.heads import ClsHead, LevelPack, RegHead
-from libs.modeling.layers import (ChannelLayerNorm, PointwiseConv1d, channels_last,
+from libs.modeling.layers import (ChannelLayerNorm, PointwiseConv1d, channels_last, conv1d_btc,
                                   depthwise_conv_btc)
 
 
@@ -106,9 +106,11 @@ def test_level_pack_gaps_and_alignment() -> None:
     feats = [torch.ones(1, 2, n) for n in (6, 3)]
     masks = [torch.ones(1, 1, n, dtype=torch.bool) for n in (6, 3)]
     pack = LevelPack.build(feats, masks, gap=1)
-    assert pack.x.shape[-1] == 16 and pack.starts == [0, 7] and pack.lengths == [6, 3]
-    assert pack.keep[0, 0].tolist() == [1] * 6 + [0] + [1] * 3 + [0] * 6
-    assert torch.equal(pack.mask[0, 0].float(), pack.keep[0, 0])
+    assert pack.x.shape == (1, 16, 2) and pack.x.is_contiguous()       # (B, P, C) memory
+    assert pack.starts == [0, 7] and pack.lengths == [6, 3]
+    assert pack.keep[0, :, 0].tolist() == [1] * 6 + [0] + [1] * 3 + [0] * 6
+    assert torch.equal(pack.mask[0, :, 0].float(), pack.keep[0, :, 0])
+    assert torch.equal(pack.x[0, :, 0], pack.keep[0, :, 0])
 
 
 def test_heads_under_bf16_autocast_give_float32_and_a_float32_cls_head_in_eval() -> None:
@@ -154,3 +156,19 @@ def test_channel_layer_norm_backward_equals_autograd_of_the_formula() -> None:
     ref.backward(g.double())
     for mine, theirs in ((x.grad, xd.grad), (ln.weight.grad, wd.grad), (ln.bias.grad, bd.grad)):
         assert torch.allclose(mine.double(), theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, groups, bias", [(3, 1, True), (1, 1, False), (5, 4, True)])
+def test_conv1d_btc_is_the_conv_on_channels_last_memory(kernel: int, groups: int, bias: bool) -> None:
+    torch.manual_seed(9)
+    conv = torch.nn.Conv1d(8, 12, kernel, padding=kernel // 2, groups=groups, bias=bias)
+    x = torch.randn(3, 10, 8, requires_grad=True)             # (B, T, C_in)
+    out = conv1d_btc(conv, x)
+    assert out.shape == (3, 10, 12) and out.is_contiguous()
+    ref = conv(x.detach().transpose(1, 2).requires_grad_())
+    assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
+    g = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, conv.weight), g)
+    rx = torch.autograd.grad(conv(x.transpose(1, 2)), (x, conv.weight), g.transpose(1, 2))
+    assert torch.allclose(gx, rx[0], atol=1e-5) and torch.allclose(gw, rx[1], atol=1e-5)
+    assert gx.is_contiguous()                                  # no layout change in backward
