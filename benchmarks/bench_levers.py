@@ -6,7 +6,8 @@ timed alternately in one process, medians of the per-round ratios.
         [--levers heads attention block ln adamw ema]
 
 Shapes: the TSL recipe (B 16, T 192, 6 levels, 8 heads, window 7). Levers:
-  heads      cls + reg heads: one call per level (before) vs all levels packed in one call;
+  heads      cls + reg heads: one call per level on (B, C, T) memory (before) vs all levels packed
+             in one call on channels-last (B, P, C) memory (convs as channels-last conv2d, fused LN);
   attention  the local attention's band: 2w + 1 shifted products (before) vs blocked matmuls;
   block      a stride-1 transformer block: (B, C, T) memory with 1x1 Conv1d, depthwise conv and
              the explicit LayerNorm (before) vs (B, T, C) memory, matmuls, fused LayerNorm;
